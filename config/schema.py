@@ -1,0 +1,217 @@
+"""The shape of a kefu configuration file, validated once at load.
+
+Every section of `config/demo.yaml` has a model here. Cross-references (a DID that
+names an IVR, an IVR option that names a queue, an agent skill that no queue uses)
+are checked in `Settings._check_references`, so a typo is caught before a single call
+sees it. `config.loader` turns validation errors into `file: path: expectation` lines.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Annotated, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+SipUser = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.+-]{1,64}$")]
+Digits = Annotated[str, StringConstraints(pattern=r"^[0-9*#]{1,32}$")]
+Name = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]{0,63}$")]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Prompt(_Model):
+    """Either text rendered by espeak-ng (cached) or a WAV file the operator supplies."""
+
+    text: str | None = None
+    file: Path | None = None
+    voice: str = "en-us"
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Self:
+        if (self.text is None) == (self.file is None):
+            raise ValueError("give exactly one of 'text' or 'file'")
+        return self
+
+
+class Trunk(_Model):
+    name: Name
+    allow: list[str] = Field(min_length=1, description="source IPs or CIDR networks")
+
+    @model_validator(mode="after")
+    def _networks(self) -> Self:
+        for entry in self.allow:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"allow: {entry!r} is not an IP address or network") from exc
+        return self
+
+
+class Edge(_Model):
+    """The Kamailio edge: the only SIP port the world sees."""
+
+    sip_host: str = "127.0.0.1"
+    sip_port: int = Field(5060, ge=1, le=65535)
+    rpc_port: int = Field(5071, ge=1, le=65535, description="JSON-RPC over HTTP, loopback only")
+    trunks: list[Trunk] = Field(min_length=1)
+    probe_interval_s: int = Field(5, ge=1, le=300)
+    retry_after_s: int = Field(5, ge=1, le=3600)
+    register_max_expires_s: int = Field(3600, ge=60)
+
+
+class Broker(_Model):
+    """MQTT broker. `embedded: true` means `kefu serve` starts mosquitto itself."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(1883, ge=1, le=65535)
+    embedded: bool = True
+
+
+class Pbx(_Model):
+    workers: int = Field(8, ge=1, le=512)
+    worker_base_port: int = Field(5100, ge=1024, le=65000)
+    rtp_base_port: int = Field(20000, ge=1024, le=60000)
+    rtp_ports_per_worker: int = Field(40, ge=8, le=1000)
+    max_legs: int = Field(4, ge=2, le=4, description="the pjsua2 wheel holds at most 4 calls")
+    clock_rate: Literal[8000, 16000] = 8000
+
+    @property
+    def trunk_calls_per_worker(self) -> int:
+        """Each caller needs its agent leg in the same process: two legs per conversation."""
+        return self.max_legs // 2
+
+
+class Http(_Model):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=1, le=65535)
+
+
+class Agent(_Model):
+    sip_user: SipUser
+    password: str = Field(min_length=8)
+    name: str | None = None
+    skills: dict[Name, Annotated[int, Field(ge=1, le=5)]] = Field(min_length=1)
+    auto_available: bool = False
+
+
+class Queue(_Model):
+    skill: Name
+    ring_timeout_s: float = Field(15.0, gt=0, le=300)
+    wrapup_s: float = Field(10.0, ge=0, le=3600)
+    music_on_hold: Prompt | None = None
+
+
+class MenuOption(_Model):
+    queue: Name
+
+
+class Menu(_Model):
+    """A one-level DTMF menu: prompt, wait, repeat on timeout, message on a wrong digit."""
+
+    prompt: Prompt
+    options: dict[Digits, MenuOption] = Field(min_length=1)
+    timeout_s: float = Field(5.0, gt=0, le=120)
+    max_retries: int = Field(3, ge=0, le=20)
+    invalid: Prompt = Prompt(text="Sorry, that is not a valid choice.")
+    goodbye: Prompt = Prompt(text="Goodbye.")
+
+
+class Did(_Model):
+    ivr: Name
+
+
+class Recording(_Model):
+    enabled: bool = True
+
+
+class Database(_Model):
+    url: str | None = Field(None, description="SQLAlchemy URL; default: SQLite in the data dir")
+
+
+class Settings(_Model):
+    edge: Edge
+    broker: Broker = Broker()
+    pbx: Pbx = Pbx()
+    http: Http = Http()
+    database: Database = Database()
+    recording: Recording = Recording()
+    music_on_hold: Prompt | None = Field(
+        None, description="None: a built-in tune synthesised with sox"
+    )
+    agents: dict[Name, Agent] = Field(min_length=1)
+    queues: dict[Name, Queue] = Field(min_length=1)
+    ivr: dict[Name, Menu] = Field(min_length=1)
+    dids: dict[Digits, Did] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _check_references(self) -> Self:
+        problems: list[tuple[tuple[str | int, ...], str]] = []
+        queue_names = ", ".join(sorted(self.queues))
+        for menu_name, menu in self.ivr.items():
+            for digit, option in menu.options.items():
+                if option.queue not in self.queues:
+                    problems.append(
+                        (
+                            ("ivr", menu_name, "options", digit, "queue"),
+                            f"unknown queue {option.queue!r} (queues: {queue_names})",
+                        )
+                    )
+        ivr_names = ", ".join(sorted(self.ivr))
+        for did, target in self.dids.items():
+            if target.ivr not in self.ivr:
+                problems.append(
+                    (("dids", did, "ivr"), f"unknown IVR {target.ivr!r} (ivr: {ivr_names})")
+                )
+        skills = {q.skill for q in self.queues.values()}
+        users: dict[str, str] = {}
+        for agent_id, agent in self.agents.items():
+            if agent.sip_user in users:
+                problems.append(
+                    (
+                        ("agents", agent_id, "sip_user"),
+                        f"SIP user {agent.sip_user!r} already belongs to {users[agent.sip_user]}",
+                    )
+                )
+            users[agent.sip_user] = agent_id
+            for skill in agent.skills:
+                if skill not in skills:
+                    problems.append(
+                        (
+                            ("agents", agent_id, "skills", skill),
+                            f"no queue uses skill {skill!r} (skills: {', '.join(sorted(skills))})",
+                        )
+                    )
+        ports = {
+            "edge.sip_port": self.edge.sip_port,
+            "edge.rpc_port": self.edge.rpc_port,
+            "http.port": self.http.port,
+        }
+        if self.broker.embedded:
+            ports["broker.port"] = self.broker.port
+        worker_ports = range(self.pbx.worker_base_port, self.pbx.worker_base_port + self.pbx.workers)
+        for name, port in ports.items():
+            if port in worker_ports:
+                problems.append(
+                    (
+                        ("pbx", "worker_base_port"),
+                        f"worker SIP ports {worker_ports.start}-{worker_ports.stop - 1} "
+                        f"overlap {name}={port}",
+                    )
+                )
+        if len(set(ports.values())) != len(ports):
+            problems.append((("edge",), f"ports must differ: {ports}"))
+        if problems:
+            raise ReferenceProblems(problems)
+        return self
+
+
+class ReferenceProblems(ValueError):
+    """Several cross-reference errors at once, each with its path inside the file."""
+
+    def __init__(self, problems: list[tuple[tuple[str | int, ...], str]]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(f"{'.'.join(map(str, p))}: {m}" for p, m in problems))
