@@ -6,7 +6,6 @@ An error names the file, the path inside it and what was expected, e.g.
 
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ class ConfigError(Exception):
 
 
 def demo_path() -> Path:
-    return Path(str(resources.files("config") / "demo.yaml"))
+    return Path(__file__).resolve().parent / "demo.yaml"
 
 
 def _render_path(loc: tuple[str | int, ...]) -> str:

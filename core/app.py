@@ -1,0 +1,559 @@
+"""The core process (`kefu core`): every decision about a call, no media.
+
+It listens to the media workers over MQTT, feeds the pure IVR and queue engines with
+what happened, carries out their commands on the worker that holds the caller, and
+writes the record of each call through SQLAlchemy. One asyncio timer is re-armed from
+the engines' `next_deadline()`. Agent presence comes from the edge's registrar (polled
+over Kamailio's JSON-RPC), so an agent whose phone registers becomes available when
+`auto_available` is set.
+
+Neighbours: `core.bus` (MQTT), `ivr.engine`, `acd.engine`, `crm_link.store` (SQL),
+`recording` (prompts, paths), `softphone_web.app` (HTTP health and live views),
+`pbx.edge` (registrations).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from acd import engine as acd
+from config.schema import Settings
+from core.bus import Bus, BrokerUnavailable
+from crm_link.models import CallRecord
+from crm_link.store import CallStore, database_url
+from ivr import engine as ivr
+from pbx.edge import EdgeRpc
+from recording import prompts
+from recording.storage import recording_path
+from softphone_web.app import create_app
+from wire import events as ev
+
+log = logging.getLogger("kefu.core")
+
+REGISTRATION_POLL_S = 1.0
+
+
+@dataclass
+class Call:
+    """The core's view of one call from the trunk (keyed by the caller leg id)."""
+
+    call_id: str
+    worker: int
+    sip_call_id: str
+    caller: str
+    did: str
+    arrived_at: float
+    queue: str | None = None
+    ivr_digits: str = ""
+    agent: str | None = None
+    agent_leg: str | None = None
+    queued_at: float | None = None
+    offered_at: float | None = None
+    answered_at: float | None = None
+    ended_at: float | None = None
+    hangup_side: str | None = None
+    recording: str | None = None
+    recording_duration_s: float | None = None
+    caller_rtp: ev.RtpCounters = field(default_factory=ev.RtpCounters)
+    agent_rtp: ev.RtpCounters = field(default_factory=ev.RtpCounters)
+    caller_ended: bool = False
+    prompt_seq: dict[str, int] = field(default_factory=dict)
+    """play_id -> IVR prompt sequence number"""
+
+    def record(self) -> CallRecord:
+        def ts(value: float | None) -> datetime | None:
+            return None if value is None else datetime.fromtimestamp(value, tz=UTC)
+
+        return CallRecord(
+            call_id=self.call_id,
+            sip_call_id=self.sip_call_id,
+            caller=self.caller,
+            did=self.did,
+            ivr_digits=self.ivr_digits,
+            queue=self.queue,
+            agent=self.agent,
+            worker=self.worker,
+            arrived_at=ts(self.arrived_at),
+            queued_at=ts(self.queued_at),
+            offered_at=ts(self.offered_at),
+            answered_at=ts(self.answered_at),
+            ended_at=ts(self.ended_at),
+            hangup_side=self.hangup_side,
+            recording_path=self.recording,
+            recording_duration_s=self.recording_duration_s,
+            caller_rtp_rx=self.caller_rtp.rx_packets,
+            caller_rtp_tx=self.caller_rtp.tx_packets,
+            agent_rtp_rx=self.agent_rtp.rx_packets,
+            agent_rtp_tx=self.agent_rtp.tx_packets,
+        )
+
+
+class Core:
+    def __init__(self, settings: Settings, data_dir: Path, config_dir: Path) -> None:
+        self.settings = settings
+        self.data_dir = data_dir
+        self.config_dir = config_dir
+        self.store = CallStore(database_url(settings.database.url, data_dir))
+        self.edge = EdgeRpc("127.0.0.1", settings.edge.rpc_port)
+        self.bus = Bus(settings.broker.host, settings.broker.port, self.on_event)
+        self.ivr = ivr.IvrEngine(
+            {
+                name: ivr.MenuSpec(
+                    name, {d: o.queue for d, o in menu.options.items()}, menu.timeout_s, menu.max_retries
+                )
+                for name, menu in settings.ivr.items()
+            }
+        )
+        self.acd = acd.AcdEngine(
+            [
+                acd.QueueSpec(name=n, skill=q.skill, ring_timeout_s=q.ring_timeout_s, wrapup_s=q.wrapup_s)
+                for n, q in settings.queues.items()
+            ],
+            [acd.AgentSpec(agent_id=n, skills=frozenset(a.skills)) for n, a in settings.agents.items()],
+        )
+        self.calls: dict[str, Call] = {}
+        self.legs: dict[str, tuple[str, str]] = {}
+        """leg id -> (call id, 'caller' | 'agent')"""
+        self.workers: dict[int, ev.WorkerStatus] = {}
+        self.registered: dict[str, str] = {}
+        self.edge_ok = False
+        self.prompt_files: dict[str, str] = {}
+        self._outbox: asyncio.Queue[tuple[int, ev.MediaCommand, Any]] = asyncio.Queue()
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.started_at = time.time()
+
+    # ------------------------------------------------------------------ set-up
+
+    def render_prompts(self) -> None:
+        cache = self.data_dir / "prompts"
+        for name, menu in self.settings.ivr.items():
+            for which in ("prompt", "invalid", "goodbye"):
+                path = prompts.resolve(getattr(menu, which), cache, self.config_dir)
+                self.prompt_files[f"ivr.{name}.{which}"] = str(path)
+        default_moh = (
+            prompts.resolve(self.settings.music_on_hold, cache, self.config_dir)
+            if self.settings.music_on_hold
+            else prompts.music_on_hold(cache)
+        )
+        for name, queue in self.settings.queues.items():
+            moh = queue.music_on_hold
+            path = prompts.resolve(moh, cache, self.config_dir) if moh else default_moh
+            self.prompt_files[f"queue.{name}.moh"] = str(path)
+
+    async def run(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        await asyncio.to_thread(self.render_prompts)
+        app = create_app(self)
+        server = uvicorn.Server(
+            uvicorn.Config(
+                app,
+                host=self.settings.http.host,
+                port=self.settings.http.port,
+                log_level="warning",
+                lifespan="off",
+            )
+        )
+        tasks = [
+            asyncio.create_task(self.bus.run(), name="bus"),
+            asyncio.create_task(self._send_commands(), name="outbox"),
+            asyncio.create_task(self._poll_registrations(), name="registrations"),
+            asyncio.create_task(server.serve(), name="http"),
+        ]
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._loop.add_signal_handler(sig, stop.set)
+        log.info("core running; HTTP on %s:%d", self.settings.http.host, self.settings.http.port)
+        waiter = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if task is not waiter and task.exception() is not None:
+                log.error("task %s failed: %r", task.get_name(), task.exception())
+        server.should_exit = True
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self.store.close()
+
+    # ------------------------------------------------------------------ clock
+
+    def now(self) -> float:
+        assert self._loop is not None
+        return self._loop.time()
+
+    def _pump(self) -> None:
+        """Carry out everything the engines asked for, then re-arm the one timer."""
+        while True:
+            progressed = False
+            while (icmd := self.ivr.next_command()) is not None:
+                progressed = True
+                self._do_ivr(icmd)
+            while (acmd := self.acd.next_command()) is not None:
+                progressed = True
+                self._do_acd(acmd)
+            if not progressed:
+                break
+        self._arm_timer()
+
+    def _arm_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        deadlines = [d for d in (self.ivr.next_deadline(), self.acd.next_deadline()) if d is not None]
+        if deadlines and self._loop is not None:
+            self._timer = self._loop.call_at(min(deadlines), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        now = self.now()
+        self.ivr.handle_timer(now=now)
+        self.acd.handle_timer(now=now)
+        self._pump()
+
+    # ------------------------------------------------------------------ media events
+
+    async def on_event(self, event: Any) -> None:
+        if isinstance(event, ev.WorkerStatus):
+            self.workers[event.worker] = event
+            return
+        handler = {
+            ev.LegIncoming: self._leg_incoming,
+            ev.LegAnswered: self._leg_answered,
+            ev.DtmfReceived: self._dtmf,
+            ev.PlaybackFinished: self._playback_finished,
+            ev.LegEnded: self._leg_ended,
+            ev.RecordingFinished: self._recording_finished,
+        }.get(type(event))
+        if handler is not None:
+            handler(event)
+            self._pump()
+
+    def _leg_incoming(self, e: ev.LegIncoming) -> None:
+        target = self.settings.dids.get(e.did)
+        if target is None:
+            log.warning("call %s to unknown DID %r from %s: rejected", e.leg, e.did, e.caller)
+            self._send(e.worker, ev.Hangup(leg=e.leg, sip_code=404))
+            return
+        call = Call(
+            call_id=e.leg,
+            worker=e.worker,
+            sip_call_id=e.sip_call_id,
+            caller=e.caller,
+            did=e.did,
+            arrived_at=time.time(),
+        )
+        self.calls[call.call_id] = call
+        self.legs[e.leg] = (call.call_id, "caller")
+        log.info("call %s from %s to %s on worker %d", call.call_id, e.caller, e.did, e.worker)
+        self._send(e.worker, ev.Answer(leg=e.leg))
+
+    def _leg_answered(self, e: ev.LegAnswered) -> None:
+        call, role = self._lookup(e.leg)
+        if call is None:
+            return
+        if role == "caller":
+            menu = self.settings.dids[call.did].ivr
+            self.ivr.handle(ivr.CallStarted(call_id=call.call_id, menu=menu), now=self.now())
+            return
+        if call.agent_leg != e.leg or call.answered_at is not None:
+            return
+        call.answered_at = time.time()
+        self.acd.handle(acd.OfferAnswered(call_id=call.call_id), now=self.now())
+        if self.settings.recording.enabled:
+            call.recording = str(recording_path(self.data_dir, call.call_id, call.arrived_at))
+        self._send(
+            call.worker,
+            ev.Bridge(a=call.call_id, b=e.leg, record_path=call.recording or ""),
+        )
+        wait = call.answered_at - (call.queued_at or call.arrived_at)
+        self._publish(
+            ev.CallAnswered(call_id=call.call_id, queue=call.queue or "", agent=call.agent or "", wait_s=wait)
+        )
+
+    def _dtmf(self, e: ev.DtmfReceived) -> None:
+        call, role = self._lookup(e.leg)
+        if call is not None and role == "caller":
+            self.ivr.handle(ivr.DigitPressed(call_id=call.call_id, digit=e.digit), now=self.now())
+
+    def _playback_finished(self, e: ev.PlaybackFinished) -> None:
+        call, role = self._lookup(e.leg)
+        if call is None or role != "caller":
+            return
+        seq = call.prompt_seq.pop(e.play_id, None)
+        if seq is not None:
+            self.ivr.handle(ivr.PromptEnded(call_id=call.call_id, seq=seq), now=self.now())
+
+    def _leg_ended(self, e: ev.LegEnded) -> None:
+        call, role = self._lookup(e.leg)
+        self.legs.pop(e.leg, None)
+        if call is None:
+            return
+        now = self.now()
+        if role == "agent":
+            call.agent_rtp = e.rtp
+            if call.answered_at is None:
+                # the agent's phone rejected, failed or was cancelled before answering
+                if call.caller_ended:
+                    self._maybe_finish(call)  # abandoned while the agent's phone rang
+                elif call.agent_leg == e.leg:
+                    call.agent_leg = None
+                    call.agent = None
+                    call.offered_at = None
+                    self.acd.handle(acd.OfferFailed(call_id=call.call_id, reason="no_answer"), now=now)
+                return
+            if call.hangup_side is None:
+                call.hangup_side = "agent"
+            self._maybe_finish(call)
+            return
+        call.caller_rtp = e.rtp
+        call.caller_ended = True
+        if call.hangup_side is None:
+            if e.by == "local":
+                call.hangup_side = "system"
+            elif call.answered_at is None and call.queued_at is not None:
+                call.hangup_side = "abandon"
+            else:
+                call.hangup_side = "caller"
+        self.ivr.handle(ivr.CallGone(call_id=call.call_id), now=now)
+        self.acd.handle(acd.CallLeft(call_id=call.call_id), now=now)
+        self._maybe_finish(call)
+
+    def _recording_finished(self, e: ev.RecordingFinished) -> None:
+        call = self.calls.get(e.leg)
+        if call is None:
+            for candidate in self.calls.values():
+                if candidate.agent_leg == e.leg:
+                    call = candidate
+        if call is None:
+            return
+        call.recording = e.path
+        call.recording_duration_s = e.duration_s
+        if call.ended_at is not None:
+            self._save(call)
+
+    def _maybe_finish(self, call: Call) -> None:
+        """A call is over once the caller leg and any agent leg have both ended."""
+        if not call.caller_ended or (call.agent_leg is not None and call.agent_leg in self.legs):
+            return
+        if call.ended_at is not None:
+            return
+        call.ended_at = time.time()
+        log.info(
+            "call %s ended (%s); queue=%s agent=%s", call.call_id, call.hangup_side, call.queue, call.agent
+        )
+        self._publish(
+            ev.CallEnded(
+                call_id=call.call_id,
+                queue=call.queue or "",
+                agent=call.agent or "",
+                hangup_side=call.hangup_side or "",
+            )
+        )
+        self._save(call)
+        # keep the view for a moment so a late RecordingFinished still lands in the row
+        assert self._loop is not None
+        self._loop.call_later(30.0, self.calls.pop, call.call_id, None)
+
+    def _save(self, call: Call) -> None:
+        record = call.record()
+
+        async def write() -> None:
+            try:
+                await asyncio.to_thread(self.store.save, record)
+            except Exception:
+                log.exception("could not write the record of call %s", call.call_id)
+
+        asyncio.get_running_loop().create_task(write())
+
+    def _lookup(self, leg: str) -> tuple[Call | None, str]:
+        entry = self.legs.get(leg)
+        if entry is None:
+            return None, ""
+        return self.calls.get(entry[0]), entry[1]
+
+    # ------------------------------------------------------------------ engine commands
+
+    def _do_ivr(self, cmd: ivr.IvrCommand) -> None:
+        call = self.calls.get(cmd.call_id)
+        if call is None or call.caller_ended:
+            return
+        if isinstance(cmd, ivr.PlayPrompt):
+            play_id = uuid.uuid4().hex[:12]
+            call.prompt_seq = {play_id: cmd.seq}
+            files = tuple(self.prompt_files[key] for key in cmd.prompts)
+            self._send(
+                call.worker,
+                ev.Play(leg=call.call_id, play_id=play_id, files=files, barge_in=cmd.barge_in),
+            )
+        elif isinstance(cmd, ivr.RouteToQueue):
+            call.queue = cmd.queue
+            call.ivr_digits += cmd.digits
+            call.queued_at = time.time()
+            moh = self.prompt_files[f"queue.{cmd.queue}.moh"]
+            self._send(call.worker, ev.Play(leg=call.call_id, play_id="moh", files=(moh,), loop=True))
+            self.acd.handle(acd.Enqueue(call_id=call.call_id, queue=cmd.queue, caller=call.caller), now=self.now())
+        else:
+            call.hangup_side = "system"
+            self._send(call.worker, ev.Hangup(leg=call.call_id))
+
+    def _do_acd(self, cmd: acd.AcdCommand) -> None:
+        if isinstance(cmd, acd.OfferCall):
+            call = self.calls.get(cmd.call_id)
+            if call is None:
+                return
+            agent = self.settings.agents[cmd.agent_id]
+            leg = uuid.uuid4().hex
+            call.agent, call.agent_leg, call.offered_at = cmd.agent_id, leg, time.time()
+            self.legs[leg] = (call.call_id, "agent")
+            edge = self.settings.edge
+            uri = f"sip:{agent.sip_user}@{edge.sip_host}:{edge.sip_port}"
+            self._send(
+                call.worker,
+                ev.Dial(leg=leg, uri=uri, caller_id=call.caller, related_leg=call.call_id),
+                on_fail=lambda _r, c=call, leg=leg: self._dial_failed(c, leg),
+            )
+        elif isinstance(cmd, acd.CancelOffer):
+            call = self.calls.get(cmd.call_id)
+            if call is not None and call.agent_leg is not None and call.answered_at is None:
+                self._send(call.worker, ev.Hangup(leg=call.agent_leg))
+        else:
+            self._publish(cmd)
+
+    def _dial_failed(self, call: Call, leg: str) -> None:
+        if call.agent_leg == leg and leg in self.legs:
+            self._leg_ended(
+                ev.LegEnded(worker=call.worker, leg=leg, by="error", sip_code=500, reason="dial failed")
+            )
+            self._pump()
+
+    # ------------------------------------------------------------------ I/O
+
+    def _send(self, worker: int, command: ev.MediaCommand, on_fail: Any = None) -> None:
+        self._outbox.put_nowait((worker, command, on_fail))
+
+    def _publish(self, event: object) -> None:
+        asyncio.get_running_loop().create_task(self.bus.publish(event))
+
+    async def _send_commands(self) -> None:
+        """One sender keeps each worker's commands in the order the engines gave them."""
+        while True:
+            worker, command, on_fail = await self._outbox.get()
+            try:
+                await self.bus.connected.wait()
+                task = asyncio.create_task(self.bus.request(worker, command))
+                task.add_done_callback(lambda t, c=command, f=on_fail, w=worker: self._settled(t, w, c, f))
+                await asyncio.sleep(0)  # let the publish go out before the next one
+            except Exception:
+                log.exception("could not send %s to worker %d", type(command).__name__, worker)
+
+    def _settled(self, task: asyncio.Task[ev.CommandResult], worker: int, command: Any, on_fail: Any) -> None:
+        try:
+            result = task.result()
+        except (BrokerUnavailable, asyncio.CancelledError) as exc:
+            result = ev.CommandResult(ok=False, error=str(exc))
+        if not result.ok:
+            log.warning("worker %d refused %s: %s", worker, type(command).__name__, result.error)
+            if on_fail is not None:
+                on_fail(result)
+
+    async def _poll_registrations(self) -> None:
+        users = {a.sip_user: name for name, a in self.settings.agents.items()}
+        while True:
+            try:
+                registered = await asyncio.to_thread(self.edge.registered_users)
+                self.edge_ok = True
+            except Exception as exc:
+                if self.edge_ok:
+                    log.warning("edge RPC unavailable: %s", exc)
+                self.edge_ok = False
+                await asyncio.sleep(REGISTRATION_POLL_S)
+                continue
+            now = self.now()
+            for user, contact in registered.items():
+                agent_id = users.get(user)
+                if agent_id is not None and user not in self.registered:
+                    log.info("agent %s registered from %s", agent_id, contact)
+                    available = self.settings.agents[agent_id].auto_available
+                    self.acd.handle(acd.AgentLoggedIn(agent_id=agent_id, available=available), now=now)
+            for user in set(self.registered) - set(registered):
+                agent_id = users.get(user)
+                if agent_id is not None:
+                    log.info("agent %s unregistered", agent_id)
+                    self.acd.handle(acd.AgentLoggedOut(agent_id=agent_id), now=now)
+            self.registered = registered
+            self._pump()
+            await asyncio.sleep(REGISTRATION_POLL_S)
+
+    # ------------------------------------------------------------------ views (HTTP)
+
+    def health(self) -> dict[str, Any]:
+        expected = range(1, self.settings.pbx.workers + 1)
+        workers = {
+            str(n): {
+                "up": bool(self.workers.get(n) and self.workers[n].up),
+                "legs": self.workers[n].legs if n in self.workers else 0,
+            }
+            for n in expected
+        }
+        try:
+            db_ok = self.store.ping()
+        except Exception:
+            db_ok = False
+        components = {
+            "core": {"ok": True, "uptime_s": round(time.time() - self.started_at, 1)},
+            "broker": {"ok": self.bus.connected.is_set()},
+            "edge": {"ok": self.edge_ok, "registered": sorted(self.registered)},
+            "database": {"ok": db_ok},
+            "workers": {"ok": all(w["up"] for w in workers.values()), "each": workers},
+        }
+        ok = all(c["ok"] for c in components.values())
+        return {"status": "ok" if ok else "degraded", "components": components}
+
+    def agents_view(self) -> list[dict[str, Any]]:
+        return [
+            {"agent": a.spec.agent_id, "state": a.state.value, "reason": a.reason, "call": a.call_id}
+            for a in self.acd.agents()
+        ]
+
+    def set_agent_state(self, agent_id: str, state: str, reason: str = "") -> None:
+        if agent_id not in self.settings.agents:
+            raise KeyError(f"unknown agent {agent_id!r}")
+        event: acd.AcdEvent
+        if state == "available":
+            event = acd.AgentSetAvailable(agent_id=agent_id)
+        elif state == "away":
+            event = acd.AgentSetAway(agent_id=agent_id, reason=reason or "break")
+        else:
+            raise ValueError(f"state must be 'available' or 'away', not {state!r}")
+        self.acd.handle(event, now=self.now())
+        self._pump()
+
+    def calls_view(self) -> list[dict[str, Any]]:
+        out = []
+        for call in self.calls.values():
+            out.append(
+                {
+                    "call_id": call.call_id,
+                    "caller": call.caller,
+                    "did": call.did,
+                    "queue": call.queue,
+                    "position": self.acd.position(call.call_id),
+                    "agent": call.agent,
+                    "answered": call.answered_at is not None,
+                    "ended": call.ended_at is not None,
+                }
+            )
+        return out

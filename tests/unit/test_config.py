@@ -1,0 +1,98 @@
+"""Config validation: the demo loads; every error names file, path and expectation."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from config.loader import ConfigError, demo_path, load, parse
+
+
+def demo() -> dict[str, Any]:
+    data = yaml.safe_load(demo_path().read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+def errors(data: dict[str, Any]) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse(data, "demo.yaml")
+    return info.value.lines
+
+
+def test_demo_config_loads() -> None:
+    settings = load()
+    assert settings.dids["1000"].ivr == "main"
+    assert settings.agents["alice"].sip_user == "1001"
+    assert settings.pbx.trunk_calls_per_worker == 2
+
+
+def test_unknown_queue_names_file_path_and_choices() -> None:
+    data = demo()
+    data["ivr"]["main"]["options"]["1"]["queue"] = "sals"
+    assert errors(data) == [
+        "demo.yaml: ivr.main.options.\"1\".queue: unknown queue 'sals' (queues: sales, support)"
+    ]
+
+
+def test_misspelt_key_and_wrong_type_are_both_reported() -> None:
+    data = demo()
+    data["agents"]["bob"]["pasword"] = "x"
+    data["pbx"]["workers"] = "many"
+    lines = errors(data)
+    assert "demo.yaml: agents.bob.pasword: unknown key (check the spelling)" in lines
+    assert any(line.startswith("demo.yaml: pbx.workers: Input should be a valid integer") for line in lines)
+
+
+def test_cross_references_are_checked() -> None:
+    data = demo()
+    data["dids"]["2000"] = {"ivr": "night"}
+    data["agents"]["bob"]["sip_user"] = "1001"
+    data["agents"]["bob"]["skills"] = {"billing": 2}
+    lines = errors(data)
+    assert "demo.yaml: dids.\"2000\".ivr: unknown IVR 'night' (ivr: main)" in lines
+    assert "demo.yaml: agents.bob.sip_user: SIP user '1001' already belongs to alice" in lines
+    assert any("agents.bob.skills.billing: no queue uses skill 'billing'" in line for line in lines)
+
+
+def test_trunk_allow_list_must_be_addresses() -> None:
+    data = demo()
+    data["edge"]["trunks"][0]["allow"] = ["127.0.0.1", "carrier.example"]
+    (line,) = errors(data)
+    assert line.startswith("demo.yaml: edge.trunks[0]:")
+    assert "'carrier.example' is not an IP address or network" in line
+
+
+def test_missing_prompt_file_and_bad_yaml(tmp_path: Path) -> None:
+    data = demo()
+    data["ivr"]["main"]["prompt"] = {"file": "welcome.wav"}
+    cfg = tmp_path / "center.yaml"
+    cfg.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=r"center.yaml: ivr.main.prompt.file: no such WAV file"):
+        load(cfg)
+    cfg.write_text("edge: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"center.yaml: line \d+, column \d+: invalid YAML"):
+        load(cfg)
+
+
+def test_kefu_serve_exits_non_zero_on_a_bad_config(tmp_path: Path) -> None:
+    """`kefu serve` refuses to start on an unknown queue and says where it is."""
+    data = demo()
+    data["ivr"]["main"]["options"]["2"]["queue"] = "suport"
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(yaml.safe_dump(data))
+    done = subprocess.run(
+        [sys.executable, "-m", "core.cli", "serve", "--config", str(cfg), "--data-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert f"{cfg}: ivr.main.options.\"2\".queue: unknown queue 'suport'" in done.stderr
+    assert not (tmp_path / "logs").exists()  # nothing was started
