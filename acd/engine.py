@@ -261,7 +261,9 @@ class AcdEngine:
                 return
             if agent.state is AgentState.RESERVED and agent.call_id in self._calls:
                 call = self._calls[agent.call_id]
-                self._commands.append(CancelOffer(call_id=call.call_id, agent_id=agent.spec.agent_id))
+                self._commands.append(
+                    CancelOffer(call_id=call.call_id, agent_id=agent.spec.agent_id)
+                )
                 self._requeue(call)
             agent.wrapup_until = None
             agent.call_id = None
@@ -297,7 +299,9 @@ class AcdEngine:
         position = self.position(call.call_id)
         assert position is not None
         self._commands.append(
-            CallQueued(call_id=call.call_id, queue=call.queue, caller=call.caller, position=position)
+            CallQueued(
+                call_id=call.call_id, queue=call.queue, caller=call.caller, position=position
+            )
         )
 
     def _answered(self, call_id: str, now: float) -> None:

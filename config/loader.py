@@ -28,7 +28,7 @@ def demo_path() -> Path:
 
 
 def _render_path(loc: tuple[str | int, ...]) -> str:
-    parts = []
+    parts: list[str] = []
     for part in loc:
         text = str(part)
         if isinstance(part, int) and parts:

@@ -192,7 +192,9 @@ class Settings(_Model):
         }
         if self.broker.embedded:
             ports["broker.port"] = self.broker.port
-        worker_ports = range(self.pbx.worker_base_port, self.pbx.worker_base_port + self.pbx.workers)
+        worker_ports = range(
+            self.pbx.worker_base_port, self.pbx.worker_base_port + self.pbx.workers
+        )
         for name, port in ports.items():
             if port in worker_ports:
                 problems.append(

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import time
@@ -29,11 +30,11 @@ import uvicorn
 
 from acd import engine as acd
 from config.schema import Settings
-from core.bus import Bus, BrokerUnavailable
+from core.bus import BrokerUnavailable, Bus
 from crm_link.models import CallRecord
 from crm_link.store import CallStore, database_url
 from ivr import engine as ivr
-from pbx.edge import EdgeRpc
+from pbx.edge import Edge
 from recording import prompts
 from recording.storage import recording_path
 from softphone_web.app import create_app
@@ -105,22 +106,30 @@ class Core:
         self.data_dir = data_dir
         self.config_dir = config_dir
         self.store = CallStore(database_url(settings.database.url, data_dir))
-        self.edge = EdgeRpc("127.0.0.1", settings.edge.rpc_port)
+        self.edge = Edge.attach(settings)
         self.bus = Bus(settings.broker.host, settings.broker.port, self.on_event)
         self.ivr = ivr.IvrEngine(
             {
                 name: ivr.MenuSpec(
-                    name, {d: o.queue for d, o in menu.options.items()}, menu.timeout_s, menu.max_retries
+                    name,
+                    {d: o.queue for d, o in menu.options.items()},
+                    menu.timeout_s,
+                    menu.max_retries,
                 )
                 for name, menu in settings.ivr.items()
             }
         )
         self.acd = acd.AcdEngine(
             [
-                acd.QueueSpec(name=n, skill=q.skill, ring_timeout_s=q.ring_timeout_s, wrapup_s=q.wrapup_s)
+                acd.QueueSpec(
+                    name=n, skill=q.skill, ring_timeout_s=q.ring_timeout_s, wrapup_s=q.wrapup_s
+                )
                 for n, q in settings.queues.items()
             ],
-            [acd.AgentSpec(agent_id=n, skills=frozenset(a.skills)) for n, a in settings.agents.items()],
+            [
+                acd.AgentSpec(agent_id=n, skills=frozenset(a.skills))
+                for n, a in settings.agents.items()
+            ],
         )
         self.calls: dict[str, Call] = {}
         self.legs: dict[str, tuple[str, str]] = {}
@@ -212,7 +221,9 @@ class Core:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        deadlines = [d for d in (self.ivr.next_deadline(), self.acd.next_deadline()) if d is not None]
+        deadlines = [
+            d for d in (self.ivr.next_deadline(), self.acd.next_deadline()) if d is not None
+        ]
         if deadlines and self._loop is not None:
             self._timer = self._loop.call_at(min(deadlines), self._on_timer)
 
@@ -229,7 +240,7 @@ class Core:
         if isinstance(event, ev.WorkerStatus):
             self.workers[event.worker] = event
             return
-        handler = {
+        handler: Any = {
             ev.LegIncoming: self._leg_incoming,
             ev.LegAnswered: self._leg_answered,
             ev.DtmfReceived: self._dtmf,
@@ -280,7 +291,9 @@ class Core:
         )
         wait = call.answered_at - (call.queued_at or call.arrived_at)
         self._publish(
-            ev.CallAnswered(call_id=call.call_id, queue=call.queue or "", agent=call.agent or "", wait_s=wait)
+            ev.CallAnswered(
+                call_id=call.call_id, queue=call.queue or "", agent=call.agent or "", wait_s=wait
+            )
         )
 
     def _dtmf(self, e: ev.DtmfReceived) -> None:
@@ -312,7 +325,9 @@ class Core:
                     call.agent_leg = None
                     call.agent = None
                     call.offered_at = None
-                    self.acd.handle(acd.OfferFailed(call_id=call.call_id, reason="no_answer"), now=now)
+                    self.acd.handle(
+                        acd.OfferFailed(call_id=call.call_id, reason="no_answer"), now=now
+                    )
                 return
             if call.hangup_side is None:
                 call.hangup_side = "agent"
@@ -352,7 +367,11 @@ class Core:
             return
         call.ended_at = time.time()
         log.info(
-            "call %s ended (%s); queue=%s agent=%s", call.call_id, call.hangup_side, call.queue, call.agent
+            "call %s ended (%s); queue=%s agent=%s",
+            call.call_id,
+            call.hangup_side,
+            call.queue,
+            call.agent,
         )
         self._publish(
             ev.CallEnded(
@@ -403,8 +422,13 @@ class Core:
             call.ivr_digits += cmd.digits
             call.queued_at = time.time()
             moh = self.prompt_files[f"queue.{cmd.queue}.moh"]
-            self._send(call.worker, ev.Play(leg=call.call_id, play_id="moh", files=(moh,), loop=True))
-            self.acd.handle(acd.Enqueue(call_id=call.call_id, queue=cmd.queue, caller=call.caller), now=self.now())
+            self._send(
+                call.worker, ev.Play(leg=call.call_id, play_id="moh", files=(moh,), loop=True)
+            )
+            self.acd.handle(
+                acd.Enqueue(call_id=call.call_id, queue=cmd.queue, caller=call.caller),
+                now=self.now(),
+            )
         else:
             call.hangup_side = "system"
             self._send(call.worker, ev.Hangup(leg=call.call_id))
@@ -435,7 +459,9 @@ class Core:
     def _dial_failed(self, call: Call, leg: str) -> None:
         if call.agent_leg == leg and leg in self.legs:
             self._leg_ended(
-                ev.LegEnded(worker=call.worker, leg=leg, by="error", sip_code=500, reason="dial failed")
+                ev.LegEnded(
+                    worker=call.worker, leg=leg, by="error", sip_code=500, reason="dial failed"
+                )
             )
             self._pump()
 
@@ -454,12 +480,14 @@ class Core:
             try:
                 await self.bus.connected.wait()
                 task = asyncio.create_task(self.bus.request(worker, command))
-                task.add_done_callback(lambda t, c=command, f=on_fail, w=worker: self._settled(t, w, c, f))
+                task.add_done_callback(functools.partial(self._settled, worker, command, on_fail))
                 await asyncio.sleep(0)  # let the publish go out before the next one
             except Exception:
                 log.exception("could not send %s to worker %d", type(command).__name__, worker)
 
-    def _settled(self, task: asyncio.Task[ev.CommandResult], worker: int, command: Any, on_fail: Any) -> None:
+    def _settled(
+        self, worker: int, command: Any, on_fail: Any, task: asyncio.Task[ev.CommandResult]
+    ) -> None:
         try:
             result = task.result()
         except (BrokerUnavailable, asyncio.CancelledError) as exc:
@@ -487,7 +515,9 @@ class Core:
                 if agent_id is not None and user not in self.registered:
                     log.info("agent %s registered from %s", agent_id, contact)
                     available = self.settings.agents[agent_id].auto_available
-                    self.acd.handle(acd.AgentLoggedIn(agent_id=agent_id, available=available), now=now)
+                    self.acd.handle(
+                        acd.AgentLoggedIn(agent_id=agent_id, available=available), now=now
+                    )
             for user in set(self.registered) - set(registered):
                 agent_id = users.get(user)
                 if agent_id is not None:
@@ -512,7 +542,7 @@ class Core:
             db_ok = self.store.ping()
         except Exception:
             db_ok = False
-        components = {
+        components: dict[str, dict[str, Any]] = {
             "core": {"ok": True, "uptime_s": round(time.time() - self.started_at, 1)},
             "broker": {"ok": self.bus.connected.is_set()},
             "edge": {"ok": self.edge_ok, "registered": sorted(self.registered)},
@@ -524,7 +554,12 @@ class Core:
 
     def agents_view(self) -> list[dict[str, Any]]:
         return [
-            {"agent": a.spec.agent_id, "state": a.state.value, "reason": a.reason, "call": a.call_id}
+            {
+                "agent": a.spec.agent_id,
+                "state": a.state.value,
+                "reason": a.reason,
+                "call": a.call_id,
+            }
             for a in self.acd.agents()
         ]
 

@@ -99,7 +99,9 @@ class Bus:
             # one bad event must not take the core off the bus
             log.exception("error handling %s from %s", type(event).__name__, topic)
 
-    async def request(self, worker: int, command: MediaCommand, timeout: float = 5.0) -> CommandResult:
+    async def request(
+        self, worker: int, command: MediaCommand, wait_s: float = 5.0
+    ) -> CommandResult:
         client = self._client
         if client is None:
             raise BrokerUnavailable("not connected to the broker")
@@ -113,9 +115,9 @@ class Bus:
             await client.publish(
                 codec.command_topic(worker), codec.encode(command), qos=1, properties=props
             )
-            return await asyncio.wait_for(future, timeout)
+            return await asyncio.wait_for(future, wait_s)
         except TimeoutError:
-            return CommandResult(ok=False, error=f"worker {worker} did not answer in {timeout}s")
+            return CommandResult(ok=False, error=f"worker {worker} did not answer in {wait_s}s")
         finally:
             self._pending.pop(correlation, None)
 

@@ -57,7 +57,9 @@ def free_port(host: str = "127.0.0.1", *, span: int = 1, avoid: set[int] | None 
     raise PortBusy(f"no run of {span} free ports found on {host}")
 
 
-def wait_until(check: Callable[[], bool], timeout: float, what: str, interval: float = 0.05) -> None:
+def wait_until(
+    check: Callable[[], bool], timeout: float, what: str, interval: float = 0.05
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if check():
@@ -75,7 +77,9 @@ def tcp_listening(port: int, host: str = "127.0.0.1") -> bool:
 class ManagedProcess:
     """One child process in its own process group, logged to a file, stopped by PID."""
 
-    def __init__(self, name: str, argv: Sequence[str], log_path: Path, env: dict[str, str] | None = None):
+    def __init__(
+        self, name: str, argv: Sequence[str], log_path: Path, env: dict[str, str] | None = None
+    ):
         self.name = name
         self.argv = list(argv)
         self.log_path = log_path
@@ -84,7 +88,7 @@ class ManagedProcess:
 
     def start(self) -> ManagedProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
+        log = open(self.log_path, "ab")
         try:
             self.proc = subprocess.Popen(
                 self.argv,

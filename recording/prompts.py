@@ -44,14 +44,18 @@ def render_text(text: str, voice: str, cache_dir: Path) -> Path:
             check=False,
         )
         if speak.returncode != 0 or not raw.is_file():
-            raise PromptError(f"espeak-ng failed for voice {voice!r}: {speak.stderr.decode().strip()}")
+            raise PromptError(
+                f"espeak-ng failed for voice {voice!r}: {speak.stderr.decode().strip()}"
+            )
         convert = subprocess.run(
             ["sox", str(raw), "-r", str(RATE), "-c", "1", "-b", "16", str(converted)],
             capture_output=True,
             check=False,
         )
         if convert.returncode != 0:
-            raise PromptError(f"sox could not convert prompt audio: {convert.stderr.decode().strip()}")
+            raise PromptError(
+                f"sox could not convert prompt audio: {convert.stderr.decode().strip()}"
+            )
         converted.replace(out)  # atomic: a concurrent reader never sees half a file
     return out
 
@@ -68,7 +72,9 @@ def music_on_hold(cache_dir: Path) -> Path:
         for i, freq in enumerate(notes):
             t = np.arange(int(RATE * 0.5)) / RATE
             shift = 2 ** ((bar % 2) * -2 / 12)
-            tone = np.sin(2 * math.pi * freq * shift * t) + 0.3 * np.sin(4 * math.pi * freq * shift * t)
+            tone = np.sin(2 * math.pi * freq * shift * t) + 0.3 * np.sin(
+                4 * math.pi * freq * shift * t
+            )
             envelope = np.exp(-3.5 * t) * (1 - np.exp(-60 * t))
             bars.append(tone * envelope * (0.9 if i % 4 == 0 else 0.7))
     samples = (np.concatenate(bars) * 0.25 * 32767).astype("<i2")

@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from pbx.procs import ManagedProcess, free_port
+from pbx.procs import ManagedProcess, free_port, wait_until
 from recording.storage import analyse
-from tests.e2e.conftest import Center, center_config, pick_ports, start_center
+from tests.support.center import Center, center_config, pick_ports, start_center
 from tests.support.sipp import run_sipp, start_sipp
 
 pytestmark = pytest.mark.e2e
@@ -41,17 +41,26 @@ def center(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Center]:
         assert code == 0, f"kefu serve exited with {code}:\n{running.proc.log_tail(30)}"
 
 
-def start_agent(center: Center, name: str, user: str, password: str, n: int, log_dir: Path) -> ManagedProcess:
+def start_agent(
+    center: Center, name: str, users: list[tuple[str, str]], n: int, log_dir: Path
+) -> ManagedProcess:
+    """Register each user with digest auth from one port, then answer their calls there."""
+    port = center.sipp_port(n)
+    for user, password in users:
+        done = run_sipp(
+            "register.xml", center.edge, local_port=port, service=user, auth=(user, password),
+            timeout_s=10, timeout=30,
+        )  # fmt: skip
+        assert done.ok, done.output[-2000:]
     return start_sipp(
         name,
         log_dir,
         "agent.xml",
         center.edge,
-        local_port=center.sipp_port(n),
+        local_port=port,
         media_port=free_port(span=4),
-        service=user,
-        auth=(user, password),
-        calls=1,
+        calls=len(users),
+        concurrency=len(users),
         timeout_s=90,
         workdir=log_dir,
     )
@@ -67,7 +76,12 @@ def call(center: Center, digit: str, n: int, log_dir: Path, *, hold_ms: int, cal
         calls=calls,
         concurrency=calls,
         rate=calls,
-        keys={"digit": digit, "hold_ms": str(hold_ms)},
+        keys={
+            "caller": f"55501{n:02d}",
+            "digit": digit,
+            "dtmf_ms": "1500",  # inside the prompt: barge-in
+            "hold_ms": str(hold_ms),
+        },
         timeout_s=90,
         workdir=log_dir,
         timeout=150,
@@ -81,12 +95,12 @@ def ts(value: str | None) -> datetime:
 
 def test_caller_reaches_alice_bridged_recorded_and_logged(center: Center, artifacts: Path) -> None:
     """DID 1000, press 1: alice's phone rings, she answers, both talk, the call is recorded."""
-    alice = start_agent(center, "alice-phone", "1001", "alice-demo-secret", 0, artifacts)
+    alice = start_agent(center, "alice-phone", [("1001", "alice-demo-secret")], 0, artifacts)
     try:
         center.wait_agents(["alice"])
         result = call(center, "1", 1, artifacts, hold_ms=9000)
         assert result.ok, result.output[-3000:]
-        (row,) = [c for c in center.wait_calls(1) if c["agent"] == "alice"]
+        (row,) = center.wait_calls(1, where=lambda c: c["agent"] == "alice", recorded=True)
         assert alice.proc is not None and alice.proc.wait(30) == 0, alice.log_tail()
     finally:
         alice.stop()
@@ -119,10 +133,10 @@ def test_edge_survives_garbage_and_the_next_call_works(center: Center, artifacts
     before = center.get("/api/health")
     assert before["status"] == "ok"
     valid = (
-        "INVITE sip:1000@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bK1\r\n"
-        "From: <sip:1@x>;tag=1\r\nTo: <sip:1000@x>\r\nCall-ID: fuzz\r\nCSeq: 1 INVITE\r\n"
-        "Content-Length: 0\r\n\r\n"
-    ).encode()
+        b"INVITE sip:1000@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bK1\r\n"
+        b"From: <sip:1@x>;tag=1\r\nTo: <sip:1000@x>\r\nCall-ID: fuzz\r\nCSeq: 1 INVITE\r\n"
+        b"Content-Length: 0\r\n\r\n"
+    )
     rng = random.Random(20261124)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         for i in range(1000):
@@ -136,12 +150,12 @@ def test_edge_survives_garbage_and_the_next_call_works(center: Center, artifacts
     assert after["status"] == "ok", after
     assert "exited" not in center.proc.log_path.read_text()
 
-    bob = start_agent(center, "bob-phone", "1002", "bob-demo-secret", 2, artifacts)
+    bob = start_agent(center, "bob-phone", [("1002", "bob-demo-secret")], 2, artifacts)
     try:
         center.wait_agents(["bob"])
         result = call(center, "2", 3, artifacts, hold_ms=4000)
         assert result.ok, result.output[-3000:]
-        rows = [c for c in center.wait_calls(2) if c["agent"] == "bob"]
+        rows = center.wait_calls(1, where=lambda c: c["agent"] == "bob")
         assert len(rows) == 1 and rows[0]["answered_at"] and rows[0]["queue"] == "support"
     finally:
         bob.stop()
@@ -162,20 +176,19 @@ def test_invite_from_outside_the_trunk_allow_list_gets_403(center: Center, artif
     assert result.ok, result.output[-2000:]
 
 
-def test_twelve_concurrent_bridged_calls_spread_over_workers(center: Center, artifacts: Path) -> None:
+def test_twelve_concurrent_bridged_calls_spread_over_workers(
+    center: Center, artifacts: Path
+) -> None:
     """12 callers press 3 at once; 12 pool agents answer; every call is bridged."""
-    agents = [
-        start_agent(center, f"p{i:02d}-phone", f"20{i:02d}", f"pool-secret-{i:02d}", 4 + i, artifacts)
-        for i in range(1, POOL + 1)
-    ]
+    users = [(f"20{i:02d}", f"pool-secret-{i:02d}") for i in range(1, POOL + 1)]
+    phones = start_agent(center, "pool-phones", users, 4, artifacts)
     try:
         center.wait_agents([f"p{i:02d}" for i in range(1, POOL + 1)], timeout=30)
         result = call(center, "3", 30, artifacts, hold_ms=8000, calls=POOL)
         assert result.ok, result.output[-3000:]
-        rows = [c for c in center.wait_calls(POOL, timeout=60) if c["queue"] == "pool"]
+        rows = center.wait_calls(POOL, timeout=60, where=lambda c: c["queue"] == "pool")
     finally:
-        for agent in agents:
-            agent.stop()
+        phones.stop()
     assert len(rows) == POOL
     assert all(r["answered_at"] and r["hangup_side"] == "caller" for r in rows), rows
     assert len({r["agent"] for r in rows}) == POOL
@@ -202,10 +215,12 @@ def test_edge_answers_503_when_every_worker_is_full(tmp_path: Path) -> None:
             pause_ms=8000,
             timeout_s=30,
         )
-        center_calls = lambda: sum(w["legs"] for w in center.get("/api/health")["components"]["workers"]["each"].values())  # noqa: E731
-        from pbx.procs import wait_until
 
-        wait_until(lambda: center_calls() >= 4, 15, "4 callers on the workers", interval=0.2)
+        def legs() -> int:
+            workers = center.get("/api/health")["components"]["workers"]["each"]
+            return sum(int(w["legs"]) for w in workers.values())
+
+        wait_until(lambda: legs() >= 4, 15, "4 callers on the workers", interval=0.2)
         result = run_sipp(
             "invite_only.xml",
             center.edge,
@@ -215,8 +230,10 @@ def test_edge_answers_503_when_every_worker_is_full(tmp_path: Path) -> None:
             timeout_s=20,
             workdir=tmp_path,
             timeout=40,
+            trace_to=tmp_path / "503.msg",
         )
         assert result.ok, result.output[-2000:]
+        assert re.search(r"SIP/2.0 503[^\n]*\n(?:[^\n]+\n)*?Retry-After: 7", result.messages)
         assert filler.proc is not None and filler.proc.wait(40) == 0, filler.log_tail()
     finally:
         if filler is not None:

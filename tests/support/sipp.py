@@ -22,6 +22,8 @@ SIPP = "/usr/bin/sipp"
 class SippResult:
     returncode: int
     output: str
+    messages: str = ""
+    """Every SIP message SIPp sent and received, when run with `trace_to`."""
 
     @property
     def ok(self) -> bool:
@@ -45,6 +47,7 @@ def sipp_argv(
     transport: str = "u1",
     pause_ms: int | None = None,
     workdir: Path | None = None,
+    extra: list[str] | None = None,
 ) -> list[str]:
     path = Path(scenario) if scenario.endswith(".xml") and "/" in scenario else SCENARIOS / scenario
     argv = [
@@ -65,18 +68,35 @@ def sipp_argv(
         argv += ["-key", key, value]
     if workdir is not None:
         argv += ["-trace_err", "-error_file", str(workdir / f"sipp-{local_port}-errors.log")]
-    return argv
+    return argv + (extra or [])
 
 
-def run_sipp(*args: str, timeout: float = 120, **kwargs: object) -> SippResult:
-    """Run a scenario to the end; never raises on a SIP failure, only reports it."""
-    argv = sipp_argv(*args, **kwargs)  # type: ignore[arg-type]
+def run_sipp(
+    *args: str, timeout: float = 120, trace_to: Path | None = None, **kwargs: object
+) -> SippResult:
+    """Run a scenario to the end; never raises on a SIP failure, only reports it.
+
+    With `trace_to` (a file path) the SIP messages are kept and returned."""
+    extra = list(kwargs.pop("extra", None) or [])  # type: ignore[call-overload]
+    if trace_to is not None:
+        trace_to.unlink(missing_ok=True)
+        extra += ["-trace_msg", "-message_file", str(trace_to)]
+    argv = sipp_argv(*args, extra=extra, **kwargs)  # type: ignore[arg-type]
     try:
-        done = subprocess.run(argv, capture_output=True, timeout=timeout, check=False)
+        done = subprocess.run(
+            argv,
+            capture_output=True,
+            timeout=timeout,
+            check=False,
+            cwd=trace_to.parent if trace_to else None,
+        )
     except subprocess.TimeoutExpired as exc:
         out = (exc.stdout or b"").decode(errors="replace")
         return SippResult(-9, out + f"\n[sipp killed after {timeout}s]")
-    return SippResult(done.returncode, (done.stdout + done.stderr).decode(errors="replace"))
+    messages = trace_to.read_text(errors="replace") if trace_to and trace_to.exists() else ""
+    return SippResult(
+        done.returncode, (done.stdout + done.stderr).decode(errors="replace"), messages
+    )
 
 
 def start_sipp(name: str, log_dir: Path, *args: str, **kwargs: object) -> ManagedProcess:

@@ -46,7 +46,9 @@ def test_misspelt_key_and_wrong_type_are_both_reported() -> None:
     data["pbx"]["workers"] = "many"
     lines = errors(data)
     assert "demo.yaml: agents.bob.pasword: unknown key (check the spelling)" in lines
-    assert any(line.startswith("demo.yaml: pbx.workers: Input should be a valid integer") for line in lines)
+    assert any(
+        line.startswith("demo.yaml: pbx.workers: Input should be a valid integer") for line in lines
+    )
 
 
 def test_cross_references_are_checked() -> None:
@@ -87,7 +89,16 @@ def test_kefu_serve_exits_non_zero_on_a_bad_config(tmp_path: Path) -> None:
     cfg = tmp_path / "bad.yaml"
     cfg.write_text(yaml.safe_dump(data))
     done = subprocess.run(
-        [sys.executable, "-m", "core.cli", "serve", "--config", str(cfg), "--data-dir", str(tmp_path)],
+        [
+            sys.executable,
+            "-m",
+            "core.cli",
+            "serve",
+            "--config",
+            str(cfg),
+            "--data-dir",
+            str(tmp_path),
+        ],
         capture_output=True,
         text=True,
         timeout=60,

@@ -97,7 +97,7 @@ def test_late_end_of_a_barged_prompt_is_ignored() -> None:
     """The end of an interrupted prompt must not count as the end of the next one."""
     engine, play = started()
     engine.handle(DigitPressed(call_id="c1", digit="7"), now=1.0)
-    (msg,) = drain(engine)
+    drain(engine)  # the invalid-choice message
     engine.handle(PromptEnded(call_id="c1", seq=play.seq), now=1.01)  # stale
     session = engine.session("c1")
     assert session is not None and session.step is Step.MESSAGE

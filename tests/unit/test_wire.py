@@ -41,7 +41,9 @@ def test_round_trip(sample: object) -> None:
 
 
 def test_every_wire_type_has_a_sample_and_is_documented() -> None:
-    types = {n for n, o in vars(events).items() if dataclasses.is_dataclass(o) and isinstance(o, type)}
+    types = {
+        n for n, o in vars(events).items() if dataclasses.is_dataclass(o) and isinstance(o, type)
+    }
     assert types - {"RtpCounters"} == {type(s).__name__ for s in SAMPLES}
     doc = yaml.safe_load((Path(codec.__file__).parent / "asyncapi.yaml").read_text())
     documented = {m for ch in doc["channels"].values() for m in ch["messages"]}

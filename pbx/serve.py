@@ -1,0 +1,228 @@
+"""`kefu serve`: one command that runs a whole contact center on this box.
+
+Starts, in order, the MQTT broker (mosquitto, unless an external one is configured),
+the Kamailio edge, the media workers and the core; restarts any child that dies
+(exponential backoff, reset after a minute of good health); prints `kefu ready` once
+`GET /api/health` says every component is up; and on SIGINT/SIGTERM stops everything
+in reverse order. Each child logs to `<data-dir>/logs/<name>.log`.
+
+Workers are started as `python -m pbx.worker` rather than through the `kefu` CLI so a
+worker process imports nothing but pjsua2, aiomqtt and the wire vocabulary: memory per
+worker is what bounds how many callers one box can hold.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from config.loader import ConfigError, demo_path, load
+from config.schema import Settings
+from pbx.edge import Edge
+from pbx.procs import ManagedProcess, PortBusy, port_is_free, require_free, start_mosquitto
+
+READY_TIMEOUT_S = 90.0
+MAX_BACKOFF_S = 30.0
+
+
+@dataclass
+class Child:
+    proc: ManagedProcess
+    restarts: int = 0
+    next_start: float = 0.0
+    started_at: float = 0.0
+
+
+def worker_argv(settings: Settings, worker_id: int) -> list[str]:
+    pbx = settings.pbx
+    return [
+        sys.executable, "-m", "pbx.worker",
+        "--id", str(worker_id),
+        "--sip-port", str(pbx.worker_base_port + worker_id - 1),
+        "--rtp-port", str(pbx.rtp_base_port + (worker_id - 1) * pbx.rtp_ports_per_worker),
+        "--rtp-ports", str(pbx.rtp_ports_per_worker),
+        "--broker-host", settings.broker.host,
+        "--broker-port", str(settings.broker.port),
+        "--max-legs", str(pbx.max_legs),
+        "--clock-rate", str(pbx.clock_rate),
+        "--edge", f"{settings.edge.sip_host}:{settings.edge.sip_port}",
+    ]  # fmt: skip
+
+
+class Supervisor:
+    def __init__(self, settings: Settings, config_path: Path, data_dir: Path) -> None:
+        self.settings = settings
+        self.config_path = config_path
+        self.data_dir = data_dir
+        self.logs = data_dir / "logs"
+        self.run_dir = data_dir / "run"
+        self.broker: ManagedProcess | None = None
+        self.edge = Edge()
+        self.children: dict[str, Child] = {}
+        self.stopping = False
+
+    # -- start
+
+    def check_ports(self) -> None:
+        s = self.settings
+        ports = {
+            "edge.sip_port": s.edge.sip_port,
+            "edge.rpc_port": s.edge.rpc_port,
+            "http.port": s.http.port,
+        }
+        if s.broker.embedded:
+            ports["broker.port"] = s.broker.port
+        require_free(ports, s.edge.sip_host if s.edge.sip_host != "0.0.0.0" else "127.0.0.1")
+        busy = [
+            str(port)
+            for port in range(s.pbx.worker_base_port, s.pbx.worker_base_port + s.pbx.workers)
+            if not port_is_free(port, tcp=False)
+        ]
+        if busy:
+            raise PortBusy(f"worker SIP ports already in use: {', '.join(busy)}")
+
+    def start(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.check_ports()
+        if self.settings.broker.embedded:
+            self.broker = start_mosquitto(
+                self.settings.broker.port, self.run_dir, self.logs / "mosquitto.log"
+            )
+            print(f"broker: mosquitto on 127.0.0.1:{self.settings.broker.port}", flush=True)
+        self.edge.start(self.settings, self.run_dir, self.logs / "kamailio.log")
+        print(
+            f"edge: kamailio on {self.settings.edge.sip_host}:{self.settings.edge.sip_port}",
+            flush=True,
+        )
+        for n in range(1, self.settings.pbx.workers + 1):
+            self._spawn(f"worker-{n}", worker_argv(self.settings, n))
+        self._spawn(
+            "core",
+            [sys.executable, "-m", "core.cli", "core", "--config", str(self.config_path),
+             "--data-dir", str(self.data_dir)],
+        )  # fmt: skip
+
+    def _spawn(self, name: str, argv: list[str]) -> None:
+        proc = ManagedProcess(name, argv, self.logs / f"{name}.log").start()
+        self.children[name] = Child(proc=proc, started_at=time.monotonic())
+
+    # -- health
+
+    def health(self) -> dict[str, object] | None:
+        url = f"http://{self.settings.http.host}:{self.settings.http.port}/api/health"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return dict(json.load(response))
+        except urllib.error.HTTPError as exc:
+            try:
+                return dict(json.load(exc))
+            except ValueError:
+                return None
+        except (OSError, ValueError):
+            return None
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        report: dict[str, object] | None = None
+        while time.monotonic() < deadline and not self.stopping:
+            self.supervise_once()
+            report = self.health()
+            if report is not None and report.get("status") == "ok":
+                print("kefu ready", flush=True)
+                return
+            time.sleep(0.25)
+        raise TimeoutError(f"not healthy after {READY_TIMEOUT_S:.0f}s: {json.dumps(report)}")
+
+    # -- supervise
+
+    def supervise_once(self) -> None:
+        now = time.monotonic()
+        for name, child in self.children.items():
+            if child.proc.alive():
+                if now - child.started_at > 60:
+                    child.restarts = 0
+                continue
+            if child.next_start == 0.0:
+                delay = min(MAX_BACKOFF_S, 2.0**child.restarts)
+                child.next_start = now + delay
+                print(
+                    f"{name} exited with {child.proc.returncode()}; restarting in {delay:.0f}s "
+                    f"(log: {child.proc.log_path})",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            elif now >= child.next_start:
+                child.restarts += 1
+                child.next_start = 0.0
+                child.started_at = now
+                child.proc.start()
+        if self.broker is not None and not self.broker.alive():
+            print("mosquitto exited; restarting", file=sys.stderr, flush=True)
+            self.broker = start_mosquitto(
+                self.settings.broker.port, self.run_dir, self.logs / "mosquitto.log"
+            )
+        if not self.edge.alive():
+            print("kamailio exited; restarting", file=sys.stderr, flush=True)
+            self.edge.stop()
+            self.edge.start(self.settings, self.run_dir, self.logs / "kamailio.log")
+
+    def run_forever(self) -> None:
+        while not self.stopping:
+            self.supervise_once()
+            time.sleep(0.5)
+
+    # -- stop
+
+    def stop(self) -> None:
+        self.stopping = True
+        if "core" in self.children:
+            self.children["core"].proc.stop()
+        for name, child in self.children.items():
+            if name != "core":
+                child.proc.signal(signal.SIGTERM)
+        for child in self.children.values():
+            child.proc.stop(timeout=10)
+        self.edge.stop()
+        if self.broker is not None:
+            self.broker.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="kefu serve", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", type=Path, default=None, help="YAML file (default: the demo)")
+    parser.add_argument("--data-dir", type=Path, default=Path("var"), help="default: ./var")
+    args = parser.parse_args(argv)
+    config_path = (args.config or demo_path()).resolve()
+    try:
+        settings = load(config_path)
+    except ConfigError as exc:
+        print(f"kefu serve: invalid configuration\n{exc}", file=sys.stderr)
+        return 2
+    supervisor = Supervisor(settings, config_path, args.data_dir.resolve())
+
+    def on_signal(signum: int, _frame: object) -> None:
+        supervisor.stopping = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        supervisor.start()
+        supervisor.wait_ready()
+        supervisor.run_forever()
+    except (PortBusy, TimeoutError, RuntimeError) as exc:
+        print(f"kefu serve: {exc}", file=sys.stderr)
+        for name, child in supervisor.children.items():
+            if not child.proc.alive():
+                print(f"--- {name} log tail:\n{child.proc.log_tail(15)}", file=sys.stderr)
+        supervisor.stop()
+        return 1
+    supervisor.stop()
+    print("kefu stopped", flush=True)
+    return 0

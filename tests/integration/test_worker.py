@@ -1,0 +1,612 @@
+"""The media worker (`pbx.worker`) against real peers: mosquitto, SIPp and raw SIP.
+
+Each test starts a private broker and a worker subprocess on free loopback ports,
+drives the worker with MQTT v5 requests exactly as the core will, and checks what
+the SIP peers and the event stream saw. SIPp scenarios live in `tests/sipp/`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import subprocess
+import sys
+import time
+import uuid
+import wave
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import numpy as np
+import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from pbx.procs import ManagedProcess, free_port, wait_until
+from tests.support.sipp import start_sipp
+from wire import codec
+from wire.events import (
+    Answer,
+    Bridge,
+    CommandResult,
+    Dial,
+    DtmfReceived,
+    Hangup,
+    LegAnswered,
+    LegEnded,
+    LegIncoming,
+    LegRinging,
+    Play,
+    PlaybackFinished,
+    RecordingFinished,
+    StopPlay,
+    WorkerStatus,
+)
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+WORKER_ID = 7
+MOSQUITTO = "/usr/sbin/mosquitto"
+
+
+# ---------------------------------------------------------------- helpers
+
+
+class Bus:
+    """The core's side of the wire: MQTT v5 requests to a worker, and its events."""
+
+    def __init__(self, client: aiomqtt.Client, worker: int):
+        self.client = client
+        self.worker = worker
+        self.reply_topic = f"test/{uuid.uuid4().hex}/reply"
+        self.events: list[Any] = []
+        self.changed = asyncio.Event()
+        self.pending: dict[bytes, asyncio.Future[CommandResult]] = {}
+
+    async def _read(self) -> None:
+        async for msg in self.client.messages:
+            payload = msg.payload if isinstance(msg.payload, bytes) else b""
+            if msg.topic.matches(self.reply_topic):
+                corr = getattr(msg.properties, "CorrelationData", None)
+                fut = self.pending.pop(bytes(corr or b""), None)
+                if fut is not None and not fut.done():
+                    fut.set_result(codec.decode(payload))
+                continue
+            self.events.append(codec.decode(payload))
+            self.changed.set()
+
+    async def request(self, cmd: object, *, within: float = 5.0) -> CommandResult:
+        raw = cmd if isinstance(cmd, bytes) else codec.encode(cmd)
+        corr = uuid.uuid4().bytes
+        fut: asyncio.Future[CommandResult] = asyncio.get_running_loop().create_future()
+        self.pending[corr] = fut
+        props = Properties(PacketTypes.PUBLISH)
+        props.ResponseTopic = self.reply_topic
+        props.CorrelationData = corr
+        await self.client.publish(codec.command_topic(self.worker), raw, qos=1, properties=props)
+        return await asyncio.wait_for(fut, within)
+
+    async def ok(self, cmd: object) -> None:
+        result = await self.request(cmd)
+        assert result.ok, f"{cmd!r} refused: {result.error}"
+
+    async def wait(self, pred: Callable[[Any], bool], within: float = 10.0) -> Any:
+        """The first event (seen before or after the call) matching `pred`."""
+        async with asyncio.timeout(within):
+            seen = 0
+            while True:
+                for ev in self.events[seen:]:
+                    if pred(ev):
+                        return ev
+                seen = len(self.events)
+                self.changed.clear()
+                await self.changed.wait()
+
+    async def event(self, kind: type, within: float = 10.0, **fields: Any) -> Any:
+        def match(ev: Any) -> bool:
+            return isinstance(ev, kind) and all(getattr(ev, k) == v for k, v in fields.items())
+
+        try:
+            return await self.wait(match, within)
+        except TimeoutError:
+            raise AssertionError(
+                f"no {kind.__name__}{fields} within {within}s; events: {self.events}"
+            ) from None
+
+
+@contextlib.asynccontextmanager
+async def bus(broker: int, worker: int = WORKER_ID) -> AsyncIterator[Bus]:
+    async with aiomqtt.Client("127.0.0.1", broker, protocol=aiomqtt.ProtocolVersion.V5) as client:
+        b = Bus(client, worker)
+        await client.subscribe(b.reply_topic, qos=1)
+        await client.subscribe(f"{codec.PREFIX}/worker/{worker}/event/#", qos=1)
+        await client.subscribe(codec.status_topic(worker), qos=1)
+        reader = asyncio.create_task(b._read())
+        try:
+            yield b
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                await reader
+
+
+class WorkerProc:
+    def __init__(self, tmp: Path, broker: int, *, max_legs: int = 4):
+        self.sip_port = free_port()
+        self.rtp_port = free_port(span=16)
+        argv = [
+            sys.executable, "-m", "pbx.worker", "--id", str(WORKER_ID),
+            "--sip-port", str(self.sip_port), "--rtp-port", str(self.rtp_port),
+            "--rtp-ports", "16", "--broker-host", "127.0.0.1",
+            "--broker-port", str(broker), "--max-legs", str(max_legs),
+            "--clock-rate", "8000", "--edge", "127.0.0.1:5060", "--log-level", "INFO",
+        ]  # fmt: skip
+        self.proc = ManagedProcess(
+            "worker",
+            argv,
+            tmp / "worker.log",
+            env={"PYTHONPATH": str(ROOT)},
+        )
+
+    def log(self) -> str:
+        return self.proc.log_tail(60)
+
+
+@pytest.fixture
+def worker(tmp_path: Path, broker: int) -> Iterator[WorkerProc]:
+    w = WorkerProc(tmp_path, broker)
+    w.proc.start()
+    try:
+        yield w
+    finally:
+        code = w.proc.stop(timeout=8)
+        print(w.log())
+        # A clean SIGTERM path (hang up, finish recordings, libDestroy) exits 0.
+        assert code == 0, f"worker exited with {code}"
+
+
+async def ready(b: Bus, w: WorkerProc, within: float = 10.0) -> WorkerStatus:
+    try:
+        return await b.event(WorkerStatus, within, up=True, pid=w.proc.pid)
+    except AssertionError:
+        raise AssertionError(f"worker not up:\n{w.log()}") from None
+
+
+def tone(path: Path, seconds: float, freq: int = 440) -> str:
+    subprocess.run(
+        [
+            "sox",
+            "-n",
+            "-r",
+            "8000",
+            "-c",
+            "1",
+            "-b",
+            "16",
+            str(path),
+            "synth",
+            str(seconds),
+            "sine",
+            str(freq),
+        ],
+        check=True,
+    )
+    return str(path)
+
+
+def sipp_caller(tmp: Path, w: WorkerProc, *, hold_ms: int, dtmf_ms: int = 1500,
+                digit: str = "1", name: str = "caller") -> ManagedProcess:  # fmt: skip
+    return start_sipp(
+        name,
+        tmp,
+        "caller.xml",
+        f"127.0.0.1:{w.sip_port}",
+        local_port=free_port(),
+        media_port=free_port(span=4),
+        service="1000",
+        timeout_s=60,
+        keys={
+            "caller": "5551234",
+            "digit": digit,
+            "dtmf_ms": str(dtmf_ms),
+            "hold_ms": str(hold_ms),
+        },
+    )
+
+
+def wait_exit(proc: ManagedProcess, timeout: float) -> int | None:
+    with contextlib.suppress(TimeoutError):
+        wait_until(lambda: not proc.alive(), timeout, proc.name)
+    return proc.returncode()
+
+
+class RawInvite:
+    """A bare-bones UAC on a UDP socket: enough to make a worker ring or refuse."""
+
+    def __init__(self, sip_port: int, did: str = "1000", caller: str = "5550000"):
+        self.target = ("127.0.0.1", sip_port)
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.call_id = f"{uuid.uuid4().hex}@test"
+        self.branch = f"z9hG4bK{uuid.uuid4().hex[:16]}"
+        self.did = did
+        self.caller = caller
+
+    def _head(self, method: str, cseq: int, to_tag: str = "") -> str:
+        to = f"<sip:{self.did}@127.0.0.1:{self.target[1]}>" + (f";tag={to_tag}" if to_tag else "")
+        return (
+            f"{method} sip:{self.did}@127.0.0.1:{self.target[1]} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP 127.0.0.1:{self.port};branch={self.branch};rport\r\n"
+            f"From: <sip:{self.caller}@127.0.0.1:{self.port}>;tag=raw{self.port}\r\n"
+            f"To: {to}\r\nCall-ID: {self.call_id}\r\nCSeq: {cseq} {method}\r\n"
+            f"Contact: <sip:{self.caller}@127.0.0.1:{self.port}>\r\nMax-Forwards: 70\r\n"
+        )
+
+    def invite(self) -> None:
+        sdp = (
+            "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+            f"m=audio {self.port + 2} RTP/AVP 0 8 101\r\na=rtpmap:101 telephone-event/8000\r\n"
+        )
+        msg = (
+            self._head("INVITE", 1)
+            + f"Content-Type: application/sdp\r\nContent-Length: {len(sdp)}\r\n\r\n{sdp}"
+        )
+        self.sock.sendto(msg.encode(), self.target)
+
+    def final(self, timeout: float = 5.0) -> int:
+        """Wait for the final response to the INVITE, ACK it if it is a failure."""
+        self.sock.settimeout(timeout)
+        while True:
+            data = self.sock.recv(65535).decode(errors="replace")
+            code = int(data.split(" ", 2)[1])
+            if code >= 200:
+                if code >= 300:
+                    to_tag = data.split("To:", 1)[1].split("\r\n", 1)[0].split("tag=")[-1]
+                    ack = self._head("ACK", 1, to_tag) + "Content-Length: 0\r\n\r\n"
+                    self.sock.sendto(ack.encode(), self.target)
+                return code
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def options(sip_port: int) -> int:
+    """Send the edge's keep-alive probe (OPTIONS) and return the response code."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.settimeout(3)
+        port = sock.getsockname()[1]
+        msg = (
+            f"OPTIONS sip:127.0.0.1:{sip_port} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK{uuid.uuid4().hex[:12]};rport\r\n"
+            f"From: <sip:probe@127.0.0.1:{port}>;tag=p{port}\r\n"
+            f"To: <sip:127.0.0.1:{sip_port}>\r\nCall-ID: {uuid.uuid4().hex}@probe\r\n"
+            "CSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+        )
+        sock.sendto(msg.encode(), ("127.0.0.1", sip_port))
+        return int(sock.recv(65535).decode(errors="replace").split(" ", 2)[1])
+
+
+@contextlib.contextmanager
+def busy_phone() -> Iterator[int]:
+    """A UDP port that answers every INVITE with 486 Busy Here (and swallows the ACK)."""
+    import threading
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                data, addr = sock.recvfrom(65535)
+            except TimeoutError:
+                continue
+            text = data.decode(errors="replace")
+            if not text.startswith("INVITE "):
+                continue
+            keep = [
+                line
+                for line in text.split("\r\n")
+                if line.split(":", 1)[0].lower() in ("via", "from", "call-id", "cseq")
+            ]
+            to = next(line for line in text.split("\r\n") if line.lower().startswith("to:"))
+            reply = "\r\n".join(
+                ["SIP/2.0 486 Busy Here", *keep, f"{to};tag=busy", "Content-Length: 0", "", ""]
+            )
+            sock.sendto(reply.encode(), addr)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield sock.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join(2)
+        sock.close()
+
+
+def wav_stats(path: str) -> tuple[int, int, float, float]:
+    """(channels, rate, seconds, RMS of 16-bit samples)."""
+    with wave.open(path, "rb") as w:
+        frames = w.readframes(w.getnframes())
+        assert w.getsampwidth() == 2
+        samples = np.frombuffer(frames, dtype="<i2").astype(np.float64)
+        rms = float(np.sqrt(np.mean(samples**2))) if samples.size else 0.0
+        return w.getnchannels(), w.getframerate(), w.getnframes() / w.getframerate(), rms
+
+
+# ---------------------------------------------------------------- tests
+
+
+def test_caller_ivr_path(tmp_path: Path, broker: int, worker: WorkerProc) -> None:
+    """A SIPp caller rings, is answered, hears a prompt, barges in with '1', is hung up."""
+    prompt = tone(tmp_path / "prompt.wav", 10)
+    short = tone(tmp_path / "short.wav", 0.5, 660)
+
+    async def scenario() -> None:
+        async with bus(broker) as b:
+            await ready(b, worker)
+            caller = sipp_caller(tmp_path, worker, hold_ms=30_000, dtmf_ms=2000)
+            try:
+                inc = await b.event(LegIncoming)
+                assert (inc.caller, inc.did, inc.worker) == ("5551234", "1000", WORKER_ID)
+                assert inc.sip_call_id
+                await b.event(WorkerStatus, legs=1)
+                leg = inc.leg
+
+                await b.ok(Answer(leg=leg))
+                await b.event(LegAnswered, leg=leg)
+                await b.ok(Play(leg=leg, play_id="menu", files=(prompt,), barge_in=True))
+
+                dtmf = await b.event(DtmfReceived, leg=leg)
+                assert (dtmf.digit, dtmf.method) == ("1", "rfc2833")
+                fin = await b.event(PlaybackFinished, leg=leg, play_id="menu", within=3)
+                assert fin.interrupted
+                # Only the first digit event of a press is reported.
+                await asyncio.sleep(0.5)
+                assert [e.digit for e in b.events if isinstance(e, DtmfReceived)] == ["1"]
+
+                await b.ok(Play(leg=leg, play_id="bye", files=(short, short)))
+                fin = await b.event(PlaybackFinished, leg=leg, play_id="bye", within=5)
+                assert not fin.interrupted
+                await b.ok(StopPlay(leg=leg))  # nothing playing: still fine
+
+                await b.ok(Hangup(leg=leg))
+                ended = await b.event(LegEnded, leg=leg)
+                assert ended.by == "local"
+                assert ended.rtp.rx_packets > 50, ended
+                assert ended.rtp.tx_packets > 50, ended
+                await b.event(WorkerStatus, legs=0)
+                assert (await b.request(Answer(leg=leg))).ok is False  # gone
+            finally:
+                code = wait_exit(caller, 10)
+                caller.stop()
+            assert code == 0, f"sipp caller failed:\n{caller.log_tail(40)}"
+
+    asyncio.run(scenario())
+
+
+def test_bridge_records_and_hangs_up_together(
+    tmp_path: Path, broker: int, worker: WorkerProc
+) -> None:
+    """Caller bridged to a dialled SIPp phone, recorded; the caller's BYE ends both legs."""
+    agent_port = free_port()
+    phone = start_sipp(
+        "phone",
+        tmp_path,
+        "uas_answer.xml",
+        "",
+        local_port=agent_port,
+        media_port=free_port(span=4),
+        calls=1,
+        timeout_s=60,
+        keys={"ring_ms": "300", "hold_ms": "3600000"},
+    )
+    record = tmp_path / "rec" / "2024" / "call.wav"
+
+    async def scenario() -> None:
+        async with bus(broker) as b:
+            await ready(b, worker)
+            caller = sipp_caller(tmp_path, worker, hold_ms=5000, dtmf_ms=500)
+            try:
+                inc = await b.event(LegIncoming)
+                await b.ok(Answer(leg=inc.leg))
+                await b.event(LegAnswered, leg=inc.leg)
+                moh = tone(tmp_path / "moh.wav", 3, 300)
+                await b.ok(Play(leg=inc.leg, play_id="moh", files=(moh,), loop=True))
+
+                await b.ok(
+                    Dial(
+                        leg="agent1",
+                        uri=f"sip:agent@127.0.0.1:{agent_port}",
+                        caller_id="5551234",
+                        related_leg=inc.leg,
+                    )
+                )
+                await b.event(LegRinging, leg="agent1")
+                await b.event(LegAnswered, leg="agent1")
+                await b.ok(Bridge(a=inc.leg, b="agent1", record_path=str(record)))
+                bridged_at = time.monotonic()
+
+                caller_end = await b.event(LegEnded, leg=inc.leg, within=15)
+                ended_at = time.monotonic()
+                agent_end = await b.event(LegEnded, leg="agent1", within=5)
+                rec = await b.event(RecordingFinished, leg=inc.leg, within=5)
+            finally:
+                code = wait_exit(caller, 10)
+                caller.stop()
+            assert code == 0, f"sipp caller failed:\n{caller.log_tail(40)}"
+
+            assert caller_end.by == "remote"
+            assert agent_end.by == "local"  # the worker hung up the agent by itself
+            for ended in (caller_end, agent_end):
+                assert ended.rtp.rx_packets > 50, ended
+                assert ended.rtp.tx_packets > 50, ended
+
+            bridge_s = ended_at - bridged_at
+            assert rec.path == str(record)
+            assert abs(rec.duration_s - bridge_s) <= 1.0, (rec.duration_s, bridge_s)
+            channels, rate, seconds, rms = wav_stats(str(record))
+            assert (channels, rate) == (1, 8000)
+            assert abs(seconds - bridge_s) <= 1.0, (seconds, bridge_s)
+            assert rms > 200, f"recording is (nearly) silent: RMS {rms:.1f}"
+
+    try:
+        asyncio.run(scenario())
+        code = wait_exit(phone, 10)
+        assert code == 0, f"sipp phone failed:\n{phone.log_tail(40)}"
+    finally:
+        phone.stop()
+
+
+def test_full_worker_refuses_with_486(tmp_path: Path, broker: int, worker: WorkerProc) -> None:
+    """Four legs ringing fill the worker; the fifth INVITE gets 486 Busy Here."""
+    uacs = [RawInvite(worker.sip_port, caller=f"55500{i}") for i in range(5)]
+
+    async def scenario() -> None:
+        async with bus(broker) as b:
+            await ready(b, worker)
+            legs = []
+            for uac in uacs[:4]:
+                uac.invite()
+                legs.append((await b.event(LegIncoming, sip_call_id=uac.call_id)).leg)
+            status = await b.event(WorkerStatus, legs=4)
+            assert status.max_legs == 4
+
+            uacs[4].invite()
+            assert await asyncio.to_thread(uacs[4].final) == 486
+            assert not any(
+                isinstance(e, LegIncoming) and e.sip_call_id == uacs[4].call_id for e in b.events
+            )
+
+            # Rejecting ringing legs: an explicit code, then the default.
+            await b.ok(Hangup(leg=legs[0], sip_code=603))
+            assert await asyncio.to_thread(uacs[0].final) == 603
+            await b.ok(Hangup(leg=legs[1]))
+            assert await asyncio.to_thread(uacs[1].final) == 480
+            ended = await b.event(LegEnded, leg=legs[1])
+            assert ended.by == "local"
+            await b.event(WorkerStatus, legs=2)
+
+            # Capacity is back: a new INVITE rings again.
+            again = RawInvite(worker.sip_port)
+            try:
+                again.invite()
+                await b.event(LegIncoming, sip_call_id=again.call_id)
+            finally:
+                again.close()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        for uac in uacs:
+            uac.close()
+
+
+def test_bad_commands_are_refused_and_worker_survives(
+    tmp_path: Path, broker: int, worker: WorkerProc
+) -> None:
+    """Garbage, unknown types, unknown legs and impossible requests get ok=False."""
+
+    async def scenario() -> None:
+        async with bus(broker) as b:
+            await ready(b, worker)
+            cases: list[tuple[object, str]] = [
+                (b"not json at all", "not JSON"),
+                (b"[1, 2]", "expected a JSON object"),
+                (b'{"type": "Reboot"}', "unknown message type"),
+                (b'{"type": "Answer"}', "Answer"),  # missing leg
+                (Answer(leg="nope"), "unknown leg 'nope'"),
+                (Hangup(leg="nope"), "unknown leg"),
+                (Play(leg="nope", play_id="p", files=("/x.wav",)), "unknown leg"),
+                (Bridge(a="x", b="x"), "itself"),
+                (Dial(leg="", uri="sip:1@127.0.0.1"), "empty"),
+                (Dial(leg="a1", uri="not a uri"), "cannot dial"),
+                (LegAnswered(worker=WORKER_ID, leg="x"), "not a media command"),
+            ]
+            for cmd, expected in cases:
+                result = await b.request(cmd)
+                assert not result.ok, cmd
+                assert expected in result.error, (cmd, result.error)
+
+            # A dialled phone that is busy ends the leg with its SIP code.
+            with busy_phone() as busy_port:
+                await b.ok(Dial(leg="busy", uri=f"sip:agent@127.0.0.1:{busy_port}"))
+                failed = await b.event(LegEnded, leg="busy")
+            assert (failed.by, failed.sip_code) == ("remote", 486), failed
+
+            # A request without a response topic is executed and answered by nobody.
+            await b.client.publish(codec.command_topic(WORKER_ID), b"{}", qos=1)
+
+            # Still serving: an INVITE rings, a Play of a missing file is refused.
+            uac = RawInvite(worker.sip_port)
+            try:
+                uac.invite()
+                inc = await b.event(LegIncoming, sip_call_id=uac.call_id)
+                bad = await b.request(Play(leg=inc.leg, play_id="p", files=("/no/such.wav",)))
+                assert not bad.ok and "no audio" in bad.error, bad
+                await b.ok(Answer(leg=inc.leg))
+                again = await b.request(Answer(leg=inc.leg))
+                assert not again.ok and "not a ringing inbound leg" in again.error
+                missing = await b.request(Play(leg=inc.leg, play_id="p", files=("/no/such.wav",)))
+                assert not missing.ok and "no such file" in missing.error, missing
+                await b.ok(Hangup(leg=inc.leg))
+            finally:
+                uac.close()
+            assert worker.proc.alive()
+            assert await asyncio.to_thread(options, worker.sip_port) == 200  # edge probe
+
+    asyncio.run(scenario())
+
+
+def test_status_lifecycle_and_broker_restart(tmp_path: Path) -> None:
+    """Retained status up -> broker restart keeps the leg -> SIGTERM leaves up=False."""
+    from pbx.procs import mosquitto_config, start_mosquitto, tcp_listening
+
+    port = free_port()
+    mosq = start_mosquitto(port, tmp_path / "b1", tmp_path / "b1.log")
+    w = WorkerProc(tmp_path, port)
+    w.proc.start()
+    uac = RawInvite(w.sip_port)
+
+    async def before() -> str:
+        async with bus(port) as b:
+            await ready(b, w)
+            uac.invite()
+            return str((await b.event(LegIncoming, sip_call_id=uac.call_id)).leg)
+
+    async def after(leg: str) -> None:
+        async with bus(port) as b:
+            await ready(b, w, within=15)  # reconnected and re-published its status
+            await b.ok(Hangup(leg=leg, sip_code=486))
+            assert await asyncio.to_thread(uac.final) == 486
+
+    async def down() -> None:
+        async with bus(port) as b:
+            await b.event(WorkerStatus, up=False)
+
+    try:
+        leg = asyncio.run(before())
+        mosq.stop()
+        time.sleep(1.0)
+        # Same port again: the old broker's connections may sit in TIME_WAIT, which
+        # start_mosquitto's free-port check refuses but mosquitto (SO_REUSEADDR) accepts.
+        conf = mosquitto_config(port, tmp_path / "b2")
+        mosq = ManagedProcess("mosquitto", [MOSQUITTO, "-c", str(conf)], tmp_path / "b2.log")
+        mosq.start()
+        wait_until(lambda: tcp_listening(port), 10, "mosquitto again")
+        asyncio.run(after(leg))
+        assert w.proc.stop(timeout=8) == 0, w.log()
+        asyncio.run(down())
+    finally:
+        uac.close()
+        w.proc.stop()
+        mosq.stop()
+        print(w.log())

@@ -1,0 +1,196 @@
+"""A running `kefu serve` for end-to-end tests and benchmarks: a config on free ports,
+a temp data dir, and a handle to read what a person would check (health, agents, the
+SQL record of calls). Stopped by PID by whoever started it.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pbx.procs import ManagedProcess, free_port, wait_until
+
+
+def center_config(
+    ports: dict[str, int],
+    *,
+    workers: int,
+    pool_agents: int = 0,
+    ring_timeout_s: float = 10,
+    wrapup_s: float = 1,
+) -> dict[str, Any]:
+    agents: dict[str, Any] = {
+        "alice": {"sip_user": "1001", "password": "alice-demo-secret", "skills": {"sales": 3},
+                  "auto_available": True},
+        "bob": {"sip_user": "1002", "password": "bob-demo-secret", "skills": {"support": 3},
+                "auto_available": True},
+    }  # fmt: skip
+    for i in range(1, pool_agents + 1):
+        agents[f"p{i:02d}"] = {
+            "sip_user": f"20{i:02d}",
+            "password": f"pool-secret-{i:02d}",
+            "skills": {"pool": 1},
+            "auto_available": True,
+        }
+    return {
+        "edge": {
+            "sip_host": "127.0.0.1",
+            "sip_port": ports["sip"],
+            "rpc_port": ports["rpc"],
+            "probe_interval_s": 2,
+            "retry_after_s": 7,
+            "trunks": [{"name": "test-trunk", "allow": ["127.0.0.1"]}],
+        },
+        "broker": {"host": "127.0.0.1", "port": ports["broker"], "embedded": True},
+        "pbx": {
+            "workers": workers,
+            "worker_base_port": ports["workers"],
+            "rtp_base_port": ports["rtp"],
+            "rtp_ports_per_worker": 20,
+        },
+        "http": {"host": "127.0.0.1", "port": ports["http"]},
+        "agents": agents,
+        "queues": {
+            "sales": {"skill": "sales", "ring_timeout_s": ring_timeout_s, "wrapup_s": wrapup_s},
+            "support": {"skill": "support", "ring_timeout_s": ring_timeout_s, "wrapup_s": wrapup_s},
+            "pool": {"skill": "pool", "ring_timeout_s": ring_timeout_s, "wrapup_s": wrapup_s},
+        },
+        "ivr": {
+            "main": {
+                "prompt": {"text": "Press 1 for sales, 2 for support."},
+                "options": {
+                    "1": {"queue": "sales"},
+                    "2": {"queue": "support"},
+                    "3": {"queue": "pool"},
+                },
+                "timeout_s": 6,
+                "max_retries": 2,
+            }
+        },
+        "dids": {"1000": {"ivr": "main"}},
+    }
+
+
+def pick_ports(workers: int) -> dict[str, int]:
+    taken: set[int] = set()
+    return {
+        "sip": free_port(avoid=taken),
+        "rpc": free_port(avoid=taken),
+        "http": free_port(avoid=taken),
+        "broker": free_port(avoid=taken),
+        "workers": free_port(span=workers, avoid=taken),
+        "rtp": free_port(span=workers * 20, avoid=taken),
+        "sipp": free_port(span=40, avoid=taken),
+    }
+
+
+@dataclass
+class Center:
+    """A running `kefu serve` and the ways a test looks at it."""
+
+    proc: ManagedProcess
+    data_dir: Path
+    ports: dict[str, int]
+    config: dict[str, Any]
+
+    @property
+    def edge(self) -> str:
+        return f"127.0.0.1:{self.ports['sip']}"
+
+    def sipp_port(self, n: int) -> int:
+        return self.ports["sipp"] + n
+
+    def get(self, path: str) -> Any:
+        url = f"http://127.0.0.1:{self.ports['http']}{path}"
+        try:
+            with urllib.request.urlopen(url, timeout=3) as response:
+                return json.load(response)
+        except urllib.error.HTTPError as exc:
+            return json.load(exc)
+
+    def agent_state(self, agent: str) -> str:
+        for row in self.get("/api/agents"):
+            if row["agent"] == agent:
+                return str(row["state"])
+        raise KeyError(agent)
+
+    def wait_agents(self, agents: list[str], state: str = "available", timeout: float = 20) -> None:
+        wait_until(
+            lambda: all(self.agent_state(a) == state for a in agents),
+            timeout,
+            f"agents {agents} {state}",
+            interval=0.2,
+        )
+
+    def calls(self) -> list[dict[str, Any]]:
+        with sqlite3.connect(self.data_dir / "kefu.sqlite3") as db:
+            db.row_factory = sqlite3.Row
+            return [dict(r) for r in db.execute("SELECT * FROM calls ORDER BY arrived_at")]
+
+    def wait_calls(
+        self,
+        count: int,
+        timeout: float = 30,
+        *,
+        where: Callable[[dict[str, Any]], bool] = lambda _row: True,
+        recorded: bool = False,
+    ) -> list[dict[str, Any]]:
+        """The finished calls matching `where`, once there are `count` of them (with
+        `recorded`: once their WAVs are confirmed closed)."""
+
+        def done() -> list[dict[str, Any]]:
+            try:
+                rows = [c for c in self.calls() if c["ended_at"] and where(c)]
+            except sqlite3.Error:
+                return []
+            if recorded:
+                rows = [c for c in rows if c["recording_duration_s"] is not None]
+            return rows
+
+        wait_until(lambda: len(done()) >= count, timeout, f"{count} finished calls", interval=0.25)
+        return done()
+
+    def log(self, name: str) -> str:
+        path = self.data_dir / "logs" / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+
+def start_center(tmp: Path, config: dict[str, Any], ports: dict[str, int]) -> Center:
+    cfg = tmp / "kefu.yaml"
+    cfg.write_text(yaml.safe_dump(config))
+    data_dir = tmp / "data"
+    proc = ManagedProcess(
+        "kefu-serve",
+        [
+            sys.executable,
+            "-m",
+            "core.cli",
+            "serve",
+            "--config",
+            str(cfg),
+            "--data-dir",
+            str(data_dir),
+        ],
+        tmp / "serve.log",
+    ).start()
+    center = Center(proc=proc, data_dir=data_dir, ports=ports, config=config)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        text = proc.log_path.read_text(errors="replace") if proc.log_path.exists() else ""
+        if "kefu ready" in text:
+            return center
+        if not proc.alive():
+            break
+        time.sleep(0.2)
+    proc.stop()
+    raise RuntimeError(f"kefu serve did not become ready:\n{proc.log_tail(40)}")
