@@ -10,7 +10,10 @@ Rules (the walking-skeleton subset; issue #3 grows them in place):
 * an offered call rings for the queue's `ring_timeout_s`; on timeout (or a failed
   agent leg) the call keeps its place at the head of the queue and the agent is set
   away with reason `no_answer`;
-* after a call the agent is in wrap-up for the queue's `wrapup_s`, then available.
+* after a call the agent is in wrap-up for the queue's `wrapup_s`, then available;
+* an offer the media side could not even place (the worker was momentarily full) is
+  not the agent's fault: the agent stays available and the call, keeping its place,
+  is retried after `RETRY_S`.
 """
 
 from __future__ import annotations
@@ -20,6 +23,9 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from wire.events import AgentStateChanged, CallOffered, CallQueued
+
+RETRY_S = 1.0
+"""How long a call whose offer could not be placed waits before the next attempt."""
 
 # ---------------------------------------------------------------- configuration
 
@@ -93,6 +99,8 @@ class WaitingCall:
     """Kept across failed offers, so a call that rang out goes back to the head."""
     offered_to: str | None = None
     ring_deadline: float | None = None
+    not_before: float | None = None
+    """Set after an offer that could not be placed: no new offer until then."""
     attempts: list[str] = field(default_factory=list)
 
 
@@ -139,6 +147,8 @@ class OfferFailed:
 
     call_id: str
     reason: str
+    agent_at_fault: bool = True
+    """False when the leg could not be placed at all (e.g. the worker was full)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -214,6 +224,7 @@ class AcdEngine:
 
     def next_deadline(self) -> float | None:
         deadlines = [c.ring_deadline for c in self._calls.values() if c.ring_deadline is not None]
+        deadlines += [c.not_before for c in self._calls.values() if c.not_before is not None]
         deadlines += [a.wrapup_until for a in self._agents.values() if a.wrapup_until is not None]
         return min(deadlines, default=None)
 
@@ -225,7 +236,7 @@ class AcdEngine:
         elif isinstance(event, OfferAnswered):
             self._answered(event.call_id, now)
         elif isinstance(event, OfferFailed):
-            self._offer_failed(event.call_id, now, event.reason)
+            self._offer_failed(event.call_id, now, event.reason, event.agent_at_fault)
         elif isinstance(event, CallLeft):
             self._call_left(event.call_id, now)
         else:
@@ -238,6 +249,9 @@ class AcdEngine:
                 assert call.offered_to is not None
                 self._commands.append(CancelOffer(call_id=call.call_id, agent_id=call.offered_to))
                 self._offer_failed(call.call_id, now, "no_answer")
+        for call in self._calls.values():
+            if call.not_before is not None and call.not_before <= now:
+                call.not_before = None
         for agent in self._agents.values():
             if agent.wrapup_until is not None and agent.wrapup_until <= now:
                 agent.wrapup_until = None
@@ -313,15 +327,22 @@ class AcdEngine:
         del self._calls[call_id]
         self._handled[call_id] = (agent.spec.agent_id, call.queue)
 
-    def _offer_failed(self, call_id: str, now: float, reason: str) -> None:
+    def _offer_failed(
+        self, call_id: str, now: float, reason: str, agent_at_fault: bool = True
+    ) -> None:
         call = self._calls.get(call_id)
         if call is None or call.offered_to is None:
             return  # the offer was already settled (timeout raced the failure)
         agent = self._agents[call.offered_to]
         agent.call_id = None
         if agent.state is AgentState.RESERVED:
-            self._set_state(agent, AgentState.AWAY, now, reason)
+            if agent_at_fault:
+                self._set_state(agent, AgentState.AWAY, now, reason)
+            else:
+                self._set_state(agent, AgentState.AVAILABLE, now)
         self._requeue(call)
+        if not agent_at_fault:
+            call.not_before = now + RETRY_S
 
     def _requeue(self, call: WaitingCall) -> None:
         call.offered_to = None
@@ -357,7 +378,7 @@ class AcdEngine:
                 (a for a in self._agents.values() if a.state is AgentState.AVAILABLE),
                 key=lambda a: (a.idle_since, a.spec.agent_id),
             )
-            waiting = [c for c in self.waiting() if c.offered_to is None]
+            waiting = [c for c in self.waiting() if c.offered_to is None and c.not_before is None]
             pair = self._first_pair(free, waiting)
             if pair is None:
                 return

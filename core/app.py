@@ -457,13 +457,17 @@ class Core:
             self._publish(cmd)
 
     def _dial_failed(self, call: Call, leg: str) -> None:
-        if call.agent_leg == leg and leg in self.legs:
-            self._leg_ended(
-                ev.LegEnded(
-                    worker=call.worker, leg=leg, by="error", sip_code=500, reason="dial failed"
-                )
+        """The worker refused to place the agent leg (e.g. momentarily full)."""
+        if call.agent_leg != leg or self.legs.pop(leg, None) is None:
+            return
+        call.agent_leg = call.agent = None
+        call.offered_at = None
+        if not call.caller_ended:
+            failed = acd.OfferFailed(
+                call_id=call.call_id, reason="not_placed", agent_at_fault=False
             )
-            self._pump()
+            self.acd.handle(failed, now=self.now())
+        self._pump()
 
     # ------------------------------------------------------------------ I/O
 

@@ -122,14 +122,18 @@ class Player(pj.AudioMediaPlayer):
 class WorkerAccount(pj.Account):
     """The local, unregistered account every leg of this worker belongs to."""
 
-    def __init__(self, inbox: Inbox):
+    def __init__(self, inbox: Inbox, owners: dict[int, LegCall]):
         super().__init__()
         self.inbox = inbox
+        self.owners = owners
 
     def onIncomingCall(self, prm: pj.OnIncomingCallParam) -> None:
         # The Call object must exist when this returns or pjsua drops the INVITE;
         # answering it (180 or 486) is the loop's job.
         call = LegCall(self, self.inbox, prm.callId)
+        # Claim the slot now, in the callback: an older Call object of this slot that
+        # is still waiting to be freed must see it is no longer the owner.
+        self.owners[prm.callId] = call
         msg = str(prm.rdata.wholeMsg)
         first = msg.split("\r\n", 1)[0].split()
         ruri = first[1] if len(first) >= 2 else ""
@@ -212,7 +216,9 @@ class Stack:
         # An answer listing PCMA and PCMU makes pjsua re-INVITE at once to lock one codec;
         # simple phones (and SIPp agents) drop the call on that surprise re-INVITE.
         ac.mediaConfig.lockCodecEnabled = False
-        self.account = WorkerAccount(self.inbox)
+        self.owners: dict[int, LegCall] = {}
+        """pjsua call slot -> the newest Call object created for it (see `Worker._retire`)."""
+        self.account = WorkerAccount(self.inbox, self.owners)
         self.account.create(ac, True)
 
     def poll(self) -> None:

@@ -86,6 +86,17 @@ class LegState(enum.Enum):
 
 
 @dataclass(eq=False)
+class RecordingJob:
+    """A bridge's recorder after the bridge ended, until its WAV header is complete.
+
+    It names the legs by id only: holding a `Leg` would keep its pjsua2 Call alive."""
+
+    leg_id: str
+    path: str
+    recorder: pj.AudioMediaRecorder | None
+
+
+@dataclass(eq=False)
 class BridgeState:
     a: Leg
     b: Leg
@@ -168,8 +179,10 @@ class Worker:
         self.orphans: set[LegCall] = set()
         # Bridges whose recorder still has queued stopTransmits, then ones whose
         # recorder is destroyed but whose WAV header is not yet complete.
-        self.recordings: list[tuple[float, BridgeState]] = []
-        self.closing: list[tuple[float, BridgeState]] = []
+        self.recordings: list[tuple[float, RecordingJob]] = []
+        self.closing: list[tuple[float, RecordingJob]] = []
+        # Disconnected Calls not yet freed because a newer Call holds their slot.
+        self.retired: list[LegCall] = []
         self.outbox_ready = asyncio.Event()
         self.stopping = asyncio.Event()
         self.last_stats = 0.0
@@ -205,7 +218,10 @@ class Worker:
     async def run_media(self) -> None:
         while not self.stopping.is_set():
             self.pump()
-            busy = self.legs or self.graveyard or self.orphans or self.recordings or self.closing
+            busy = (
+                self.legs or self.graveyard or self.orphans or self.recordings or self.closing
+                or self.retired
+            )  # fmt: skip
             await asyncio.sleep(POLL_S if busy else IDLE_POLL_S)
 
     def _watch_sip_socket(self, loop: asyncio.AbstractEventLoop) -> int | None:
@@ -240,6 +256,8 @@ class Worker:
             leg.rtp = max(leg.rtp, snap)
 
     def _reap(self, now: float) -> None:
+        if self.retired:
+            self._release_calls()
         if self.graveyard:
             keep = [(t, obj) for t, obj in self.graveyard if t > now]
             if len(keep) != len(self.graveyard):
@@ -255,6 +273,28 @@ class Worker:
             self.closing = [
                 (t, br) for t, br in self.closing if not self._finish_recording(br, force=t <= now)
             ]
+
+    def _retire(self, call: LegCall) -> None:
+        """A disconnected Call: free it as soon as no newer Call holds its pjsua slot."""
+        self.retired.append(call)
+        self._release_calls()
+
+    def _release_calls(self) -> None:
+        # pjsua2's ~Call() clears the user data of the slot id it last had and hangs up
+        # any call active there. With 4 slots reused round robin, a Call freed after its
+        # slot was taken again detaches (or hangs up) the newer call: measured under
+        # load as legs that never ended. So a retired Call is freed only while its slot
+        # has no newer owner; its own conference port is pjsua's, freed at disconnect.
+        owners = self.stack.owners
+        keep: list[LegCall] = []
+        for call in self.retired:
+            slot = call.getId()
+            owner = owners.get(slot)
+            if owner is call:
+                del owners[slot]
+            elif owner is not None and slot != pj.PJSUA_INVALID_ID:
+                keep.append(call)
+        self.retired = keep  # the dropped ones had their last reference here
 
     def _bury(self, obj: Any, delay: float = DESTROY_DELAY_S) -> None:
         self.graveyard.append((time.monotonic() + delay, obj))
@@ -278,7 +318,7 @@ class Worker:
             if note.kind == "state" and note.data["state"] == pj.PJSIP_INV_STATE_DISCONNECTED:
                 assert note.call is not None
                 self.orphans.discard(note.call)
-                self._bury(note.call)
+                self._retire(note.call)
             return
         if note.kind == "state":
             self._on_state(leg, note.data["state"], note.data["code"], note.data["reason"])
@@ -439,7 +479,7 @@ class Worker:
             if br.hangup_together and other.id in self.legs:
                 log.info("leg %s: partner %s ended, hanging up", other.id, leg.id)
                 self._hangup_leg(other, 0)
-        self._bury(leg.call)
+        self._retire(leg.call)
 
     # ------------------------------------------------------------------ media helpers
 
@@ -487,26 +527,28 @@ class Worker:
         if br.recorder is not None:
             # The WAV header is written when the recorder is destroyed, after the
             # queued stopTransmit ran; report the file only then.
-            self.recordings.append((time.monotonic() + DESTROY_DELAY_S, br))
+            job = RecordingJob(br.a.id, br.record_path, br.recorder)
+            br.recorder = None
+            self.recordings.append((time.monotonic() + DESTROY_DELAY_S, job))
 
-    def _close_recorder(self, br: BridgeState) -> None:
+    def _close_recorder(self, job: RecordingJob) -> None:
         # Dropping the last reference destroys the port, but in 2.15.1 the conference
         # removes it on its clock thread: the WAV header is rewritten a little later
         # (measured: read at once, the file is "not a WAVE file"). Publish once it is.
-        br.recorder = None  # the only reference: the port is destroyed here
-        self.closing.append((time.monotonic() + 3.0, br))
+        job.recorder = None  # the only reference: the port is destroyed here
+        self.closing.append((time.monotonic() + 3.0, job))
 
-    def _finish_recording(self, br: BridgeState, *, force: bool = False) -> bool:
-        duration = _wav_seconds(br.record_path)
+    def _finish_recording(self, job: RecordingJob, *, force: bool = False) -> bool:
+        duration = _wav_seconds(job.path)
         if duration is None and not force:
             return False
         if duration is None:
-            log.warning("recording %s: WAV header not completed", br.record_path)
-        log.info("leg %s recording %s finished (%.1f s)", br.a.id, br.record_path,
+            log.warning("recording %s: WAV header not completed", job.path)
+        log.info("leg %s recording %s finished (%.1f s)", job.leg_id, job.path,
                  duration or 0.0)  # fmt: skip
         self.emit(
             RecordingFinished(
-                worker=self.cfg.worker, leg=br.a.id, path=br.record_path, duration_s=duration or 0.0
+                worker=self.cfg.worker, leg=job.leg_id, path=job.path, duration_s=duration or 0.0
             )
         )
         return True
@@ -604,6 +646,7 @@ class Worker:
         except pj.Error as exc:
             self._bury(call)
             raise CommandError(f"cannot dial {cmd.uri!r}: {exc.info()}") from None
+        self.stack.owners[call.getId()] = call
         leg = Leg(cmd.leg, call, False, LegState.CALLING)
         with contextlib.suppress(pj.Error):
             leg.sip_call_id = str(call.getInfo().callIdString)
@@ -801,6 +844,8 @@ class Worker:
         self.legs.clear()
         self.graveyard.clear()
         self.orphans.clear()
+        self.retired.clear()
+        self.stack.owners.clear()
         self.inbox.clear()
         gc.collect()  # any stray pj object must go before libDestroy, never after
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from acd.engine import (
+    RETRY_S,
     AcdEngine,
     AgentLoggedIn,
     AgentLoggedOut,
@@ -191,3 +192,18 @@ def test_an_hour_of_simulated_traffic_is_served_in_order() -> None:
         engine.handle_timer(now=now)
     assert sorted(served) == sorted(f"c{i}" for i in range(40))
     assert served == [f"c{i}" for i in range(40)]  # first come, first served
+
+
+def test_offer_that_could_not_be_placed_retries_later_without_blaming_the_agent() -> None:
+    """A worker that is momentarily full is not the agent's fault: retry in RETRY_S."""
+    engine = engine_with(("alice", 0.0))
+    engine.handle(Enqueue(call_id="c1", queue="sales", caller="1"), now=1.0)
+    drain(engine)
+    engine.handle(OfferFailed(call_id="c1", reason="not_placed", agent_at_fault=False), now=1.2)
+    cmds = drain(engine)
+    assert offers(cmds) == []  # no hot loop of offers
+    assert engine.agent("alice").state is AgentState.AVAILABLE
+    assert engine.position("c1") == 1
+    assert engine.next_deadline() == 1.2 + RETRY_S
+    engine.handle_timer(now=1.2 + RETRY_S)
+    assert offers(drain(engine)) == [OfferCall(call_id="c1", agent_id="alice", queue="sales")]
