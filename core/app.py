@@ -539,6 +539,7 @@ class Core:
             str(n): {
                 "up": bool(self.workers.get(n) and self.workers[n].up),
                 "legs": self.workers[n].legs if n in self.workers else 0,
+                "pid": self.workers[n].pid if n in self.workers else 0,
             }
             for n in expected
         }

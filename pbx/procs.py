@@ -41,7 +41,8 @@ def require_free(ports: dict[str, int], host: str = "127.0.0.1") -> None:
 
 def free_port(host: str = "127.0.0.1", *, span: int = 1, avoid: set[int] | None = None) -> int:
     """A port such that `span` consecutive ports are free for UDP and TCP."""
-    avoid = avoid or set()
+    if avoid is None:  # not `avoid or set()`: an empty set passed in must be updated
+        avoid = set()
     for _ in range(200):
         with socket.socket() as sock:
             sock.bind((host, 0))

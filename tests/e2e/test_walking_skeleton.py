@@ -8,7 +8,9 @@ the edge refuses strangers and survives garbage, and capacity spreads over worke
 
 from __future__ import annotations
 
+import os
 import random
+import signal
 import re
 import socket
 from collections.abc import Iterator
@@ -194,6 +196,21 @@ def test_twelve_concurrent_bridged_calls_spread_over_workers(
     assert len({r["agent"] for r in rows}) == POOL
     assert len({r["worker"] for r in rows}) >= POOL // 2  # no worker holds more than 2
     assert all(r["agent_rtp_rx"] > 0 and r["caller_rtp_rx"] > 0 for r in rows)
+
+
+def test_a_crashed_worker_is_restarted(center: Center) -> None:
+    """SIGKILL one worker: its last will marks it down, `kefu serve` starts it again."""
+    before = center.get("/api/health")["components"]["workers"]["each"]["3"]
+    assert before["up"] and before["pid"] > 0
+    os.kill(before["pid"], signal.SIGKILL)
+
+    def restarted() -> bool:
+        now = center.get("/api/health")["components"]["workers"]["each"]["3"]
+        return bool(now["up"]) and now["pid"] not in (0, before["pid"])
+
+    wait_until(restarted, 30, "worker 3 to come back with a new pid", interval=0.25)
+    assert "worker-3 exited" in center.proc.log_path.read_text()
+    wait_until(lambda: center.get("/api/health")["status"] == "ok", 20, "health ok", interval=0.25)
 
 
 def test_edge_answers_503_when_every_worker_is_full(tmp_path: Path) -> None:
