@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import os
 import random
-import signal
 import re
+import signal
 import socket
 from collections.abc import Iterator
 from datetime import datetime
