@@ -21,6 +21,7 @@ import logging
 import signal
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,7 +37,7 @@ from crm_link.store import CallStore, database_url
 from ivr import engine as ivr
 from pbx.edge import Edge
 from recording import prompts
-from recording.storage import recording_path
+from recording.storage import recording_path, repair_wav
 from softphone_web.app import create_app
 from wire import events as ev
 
@@ -106,6 +107,9 @@ class Core:
         self.data_dir = data_dir
         self.config_dir = config_dir
         self.store = CallStore(database_url(settings.database.url, data_dir))
+        # One writer thread: saves of the same call (at hang-up, then with its
+        # recording) must not race each other into two INSERTs.
+        self._sql = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sql")
         self.edge = Edge.attach(settings)
         self.bus = Bus(settings.broker.host, settings.broker.port, self.on_event)
         self.ivr = ivr.IvrEngine(
@@ -195,6 +199,7 @@ class Core:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        self._sql.shutdown(wait=True)  # the last records reach the database
         self.store.close()
 
     # ------------------------------------------------------------------ clock
@@ -238,7 +243,12 @@ class Core:
 
     async def on_event(self, event: Any) -> None:
         if isinstance(event, ev.WorkerStatus):
+            previous = self.workers.get(event.worker)
             self.workers[event.worker] = event
+            restarted = previous is not None and previous.pid not in (0, event.pid)
+            if not event.up or restarted:
+                self._worker_lost(event.worker)
+                self._pump()
             return
         handler: Any = {
             ev.LegIncoming: self._leg_incoming,
@@ -359,6 +369,39 @@ class Core:
         if call.ended_at is not None:
             self._save(call)
 
+    def _worker_lost(self, worker: int) -> None:
+        """A worker died (its last will, or a new pid): its legs are gone with it.
+
+        End its calls as the media side would have, so agents are not left on a call
+        that no longer exists, and finish the header of any recording it was writing.
+        """
+        for call in list(self.calls.values()):
+            if call.worker != worker or call.ended_at is not None:
+                continue
+            log.warning("call %s lost with worker %d", call.call_id, worker)
+            call.hangup_side = call.hangup_side or "system"
+            legs = [leg for leg, (cid, _) in self.legs.items() if cid == call.call_id]
+            legs.sort(key=lambda leg: leg == call.call_id)  # agent leg first, caller last
+            for leg in legs:
+                self._leg_ended(
+                    ev.LegEnded(
+                        worker=worker, leg=leg, by="error", sip_code=500, reason="worker lost"
+                    )
+                )
+            if call.recording and call.recording_duration_s is None:
+                asyncio.get_running_loop().create_task(self._repair_recording(call))
+
+    async def _repair_recording(self, call: Call) -> None:
+        assert call.recording is not None
+        duration = await asyncio.to_thread(repair_wav, Path(call.recording))
+        if duration is None:
+            log.warning(
+                "recording %s of call %s could not be repaired", call.recording, call.call_id
+            )
+            return
+        call.recording_duration_s = duration
+        self._save(call)
+
     def _maybe_finish(self, call: Call) -> None:
         """A call is over once the caller leg and any agent leg have both ended."""
         if not call.caller_ended or (call.agent_leg is not None and call.agent_leg in self.legs):
@@ -391,7 +434,7 @@ class Core:
 
         async def write() -> None:
             try:
-                await asyncio.to_thread(self.store.save, record)
+                await asyncio.get_running_loop().run_in_executor(self._sql, self.store.save, record)
             except Exception:
                 log.exception("could not write the record of call %s", call.call_id)
 
@@ -587,6 +630,7 @@ class Core:
             out.append(
                 {
                     "call_id": call.call_id,
+                    "worker": call.worker,
                     "caller": call.caller,
                     "did": call.did,
                     "queue": call.queue,

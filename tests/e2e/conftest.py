@@ -14,9 +14,13 @@ def artifacts(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path]:
     yield tmp_path
     report = getattr(request.node, "rep_call", None)
     if report is not None and report.failed:
-        for log in sorted(tmp_path.rglob("*.log")):
+        logs = sorted(tmp_path.rglob("*.log"))
+        if "center" in request.fixturenames:
+            center = request.getfixturevalue("center")
+            logs += sorted((center.data_dir / "logs").glob("*.log"))
+        for log in logs:
             tail = "\n".join(log.read_text(errors="replace").splitlines()[-25:])
-            print(f"\n===== {log.relative_to(tmp_path)} =====\n{tail}")
+            print(f"\n===== {log} =====\n{tail}")
 
 
 @pytest.hookimpl(wrapper=True)

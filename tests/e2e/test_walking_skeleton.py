@@ -13,6 +13,7 @@ import random
 import re
 import signal
 import socket
+import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -196,6 +197,51 @@ def test_twelve_concurrent_bridged_calls_spread_over_workers(
     assert len({r["agent"] for r in rows}) == POOL
     assert len({r["worker"] for r in rows}) >= POOL // 2  # no worker holds more than 2
     assert all(r["agent_rtp_rx"] > 0 and r["caller_rtp_rx"] > 0 for r in rows)
+
+
+def test_worker_dying_mid_call_frees_the_agent_and_keeps_the_record(
+    center: Center, artifacts: Path
+) -> None:
+    """SIGKILL the worker holding a bridged call: bob is freed, the row and WAV survive."""
+    bob = start_agent(center, "bob-phone-2", [("1002", "bob-demo-secret")], 5, artifacts)
+    caller = start_sipp(
+        "doomed-caller",
+        artifacts,
+        "caller.xml",
+        center.edge,
+        local_port=center.sipp_port(6),
+        media_port=free_port(span=4),
+        service="1000",
+        keys={"caller": "5550199", "digit": "2", "dtmf_ms": "1500", "hold_ms": "30000"},
+        timeout_s=60,
+    )
+    try:
+        center.wait_agents(["bob"])
+
+        def bridged() -> list[dict[str, Any]]:
+            calls = center.get("/api/calls")
+            return [
+                c for c in calls if c["caller"] == "5550199" and c["answered"] and not c["ended"]
+            ]
+
+        wait_until(lambda: bool(bridged()), 20, "bob to be talking", interval=0.2)
+        time.sleep(2.0)  # let the recording hold some audio
+        worker = str(bridged()[0]["worker"])
+        pid = center.get("/api/health")["components"]["workers"]["each"][worker]["pid"]
+        os.kill(pid, signal.SIGKILL)
+
+        (row,) = center.wait_calls(
+            1, where=lambda c: c["caller"] == "5550199", recorded=True, timeout=20
+        )
+        assert row["hangup_side"] == "system" and row["agent"] == "bob"
+        assert row["answered_at"] and row["ended_at"]
+        assert row["recording_duration_s"] > 1.5
+        assert analyse(Path(row["recording_path"])).duration_s > 1.5  # header repaired
+        wait_until(lambda: center.agent_state("bob") in ("wrap_up", "available"), 10, "bob freed")
+    finally:
+        caller.stop()
+        bob.stop()
+    wait_until(lambda: center.get("/api/health")["status"] == "ok", 30, "health ok", interval=0.25)
 
 
 def test_a_crashed_worker_is_restarted(center: Center) -> None:
