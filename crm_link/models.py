@@ -2,15 +2,18 @@
 
 `CallRecord` is the record of one call from the trunk: who called which number, the
 IVR choice, the queue and agent, the moments that make the KPIs (arrived, queued,
-offered, answered, ended), who hung up, the recording, and the RTP packet counts that
-prove media flowed both ways.
+offered, answered, ended), who hung up, the recording, the RTP packet counts that
+prove media flowed both ways, the caller's IVR path and post-call survey.
+
+`Customer` and `Ticket` are the built-in CRM store the IVR looks callers up in (by
+calling number or account number); the full CRM model (issue #5) grows them.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import DateTime, Float, Integer, String
+from sqlalchemy import Boolean, DateTime, Float, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -42,3 +45,35 @@ class CallRecord(Base):
     caller_rtp_tx: Mapped[int] = mapped_column(Integer, default=0)
     agent_rtp_rx: Mapped[int] = mapped_column(Integer, default=0)
     agent_rtp_tx: Mapped[int] = mapped_column(Integer, default=0)
+    ivr_path: Mapped[str | None] = mapped_column(Text)
+    """JSON list of [seconds since arrival, step] the caller took in the IVR."""
+    variables: Mapped[str | None] = mapped_column(Text)
+    """JSON object of what the IVR collected and set (for the agent's screen)."""
+    survey_csat: Mapped[int | None] = mapped_column(Integer)
+    survey_nps: Mapped[int | None] = mapped_column(Integer)
+
+
+class Customer(Base):
+    __tablename__ = "customers"
+
+    customer_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(255))
+    company: Mapped[str] = mapped_column(String(255), default="")
+    tier: Mapped[str] = mapped_column(String(32), default="standard")
+    vip: Mapped[bool] = mapped_column(Boolean, default=False)
+    language: Mapped[str] = mapped_column(String(8), default="")
+    account_number: Mapped[str | None] = mapped_column(String(64), unique=True)
+    phone: Mapped[str | None] = mapped_column(String(32), index=True)
+    """Digits only, as callers' numbers arrive from the trunk (E.164 without '+')."""
+
+
+class Ticket(Base):
+    __tablename__ = "tickets"
+
+    ticket_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    customer_id: Mapped[str] = mapped_column(ForeignKey("customers.customer_id"), index=True)
+    subject: Mapped[str] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(16), default="open")
+    """`open`, `pending` or `closed`."""
+    priority: Mapped[str] = mapped_column(String(16), default="normal")
+    """`low`, `normal`, `high` or `urgent`."""

@@ -1,18 +1,42 @@
-"""The SQL store behind the core: engine + session factory, and call-record writes.
+"""The SQL store behind the core: engine + session factory, call-record writes and
+the built-in CRM look-up.
 
-Blocking SQLAlchemy calls; the async core runs them with `asyncio.to_thread` so a slow
-disk never stalls call handling.
+Blocking SQLAlchemy calls; the async core runs them off its event loop so a slow disk
+never stalls call handling. Until Alembic migrations land (issue #5), columns added to
+an existing table are added here at start-up (nullable ones only).
 """
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy import create_engine, event, select, text
+from sqlalchemy import create_engine, event, inspect, literal, or_, select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from crm_link.models import Base, CallRecord
+from crm_link.models import Base, CallRecord, Customer, Ticket
+
+PRIORITY_ORDER = {"urgent": 4, "high": 3, "normal": 2, "low": 1}
+
+
+@dataclass(frozen=True)
+class CustomerCard:
+    """What a look-up returns: the customer and their most urgent open ticket."""
+
+    customer_id: str
+    name: str
+    company: str
+    tier: str
+    vip: bool
+    language: str
+    ticket_priority: str
+    open_tickets: list[dict[str, str]] = field(default_factory=list)
+
+
+def digits(number: str) -> str:
+    return re.sub(r"\D", "", number)
 
 
 def database_url(configured: str | None, data_dir: Path) -> str:
@@ -26,7 +50,67 @@ class CallStore:
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
         Base.metadata.create_all(self.engine)
+        self._add_missing_columns()
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def _add_missing_columns(self) -> None:
+        inspector = inspect(self.engine)
+        with self.engine.begin() as conn:
+            for table in Base.metadata.sorted_tables:
+                present = {c["name"] for c in inspector.get_columns(table.name)}
+                for column in table.columns:
+                    if column.name not in present and column.nullable:
+                        kind = column.type.compile(dialect=self.engine.dialect)
+                        conn.execute(
+                            text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}')
+                        )
+
+    def lookup(self, by: str, value: str) -> CustomerCard | None:
+        """A customer by calling number (`by="caller"`) or account number (otherwise)."""
+        wanted = digits(value)
+        if not wanted:
+            return None
+        with self.sessions() as session:
+            if by == "caller":
+                # A trunk may send the number with or without the country code: either
+                # one ends with the other (7 digits at least, or it is any number).
+                matches = [Customer.phone == wanted]
+                if len(wanted) >= 7:
+                    matches.append(Customer.phone.like(f"%{wanted}"))
+                    matches.append(literal(wanted).like("%" + Customer.phone))
+                query = select(Customer).where(or_(*matches))
+            else:
+                query = select(Customer).where(Customer.account_number == wanted)
+            customer = session.scalars(query.limit(1)).first()
+            if customer is None:
+                return None
+            tickets = session.scalars(
+                select(Ticket).where(
+                    Ticket.customer_id == customer.customer_id, Ticket.status != "closed"
+                )
+            ).all()
+        ranked = sorted(tickets, key=lambda t: -PRIORITY_ORDER.get(t.priority, 0))
+        return CustomerCard(
+            customer_id=customer.customer_id,
+            name=customer.name,
+            company=customer.company,
+            tier=customer.tier,
+            vip=customer.vip,
+            language=customer.language,
+            ticket_priority=ranked[0].priority if ranked else "",
+            open_tickets=[
+                {"ticket_id": t.ticket_id, "subject": t.subject, "priority": t.priority}
+                for t in ranked
+            ],
+        )
+
+    def seed(self, customers: list[Customer], tickets: list[Ticket]) -> int:
+        """Add demo customers once (an empty customers table only); returns how many."""
+        with self.sessions.begin() as session:
+            if session.scalars(select(Customer).limit(1)).first() is not None:
+                return 0
+            session.add_all([*customers, *tickets])
+        return len(customers)
 
     def save(self, record: CallRecord) -> None:
         with self.sessions.begin() as session:
@@ -56,4 +140,4 @@ def _sqlite_pragmas(dbapi_conn: object, _record: object) -> None:
     cursor.close()
 
 
-__all__ = ["CallRecord", "CallStore", "Session", "database_url"]
+__all__ = ["CallRecord", "CallStore", "CustomerCard", "Session", "database_url"]
