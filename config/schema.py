@@ -90,19 +90,110 @@ class Http(_Model):
     port: int = Field(8080, ge=1, le=65535)
 
 
+Proficiency = Annotated[int, Field(ge=1, le=5)]
+Strategy = Literal[
+    "longest_idle", "least_occupied", "most_skilled", "round_robin", "weighted_random"
+]
+"""The names in `acd.strategies.STRATEGIES` (a unit test keeps the two lists equal)."""
+
+
 class Agent(_Model):
     sip_user: SipUser
     password: str = Field(min_length=8)
     name: str | None = None
-    skills: dict[Name, Annotated[int, Field(ge=1, le=5)]] = Field(min_length=1)
+    skills: dict[Name, Proficiency] = Field(min_length=1)
+    languages: list[str] = Field(default_factory=list, description="calls in these languages")
     auto_available: bool = False
+    no_answer_limit: int = Field(
+        2, ge=1, le=20, description="offers missed in a row before the agent is set away"
+    )
+
+
+class Step(_Model):
+    """From `after_s` of waiting on, agents need `min_proficiency` in the queue's skills."""
+
+    after_s: float = Field(ge=0)
+    min_proficiency: Proficiency
+
+
+class ServiceLevel(_Model):
+    threshold_s: float = Field(20.0, gt=0, le=3600)
+    target_pct: float = Field(80.0, gt=0, le=100)
+
+
+class Overflow(_Model):
+    """Where a call goes when its queue gives up on it."""
+
+    kind: Literal["queue", "voicemail", "callback", "ivr"]
+    target: str = Field(
+        "", description="queue: a queue; ivr: a menu; callback: queue to wait in (default: same)"
+    )
 
 
 class Queue(_Model):
-    skill: Name
+    skill: Name | None = Field(None, description="shorthand: one required skill at level 1")
+    skills: dict[Name, Proficiency] = Field(
+        default_factory=dict, description="required skills with minimum proficiency"
+    )
+    strategy: Strategy = "longest_idle"
+    steps: list[Step] = Field(default_factory=list, description="widen with wait")
+    service_level: ServiceLevel = ServiceLevel()
     ring_timeout_s: float = Field(15.0, gt=0, le=300)
     wrapup_s: float = Field(10.0, ge=0, le=3600)
+    max_wait_s: float | None = Field(None, gt=0)
+    max_length: int | None = Field(None, ge=1)
+    join_empty: bool = True
+    leave_when_empty: bool = False
+    overflow: Overflow | None = None
+    priority: int = Field(0, ge=-100, le=100)
+    preferred_agent_s: float = Field(0.0, ge=0, le=3600)
     music_on_hold: Prompt | None = None
+
+    @property
+    def required(self) -> dict[str, int]:
+        out = dict(self.skills)
+        if self.skill is not None:
+            out.setdefault(self.skill, 1)
+        return out
+
+    @model_validator(mode="after")
+    def _rules(self) -> Self:
+        problems: list[tuple[tuple[str | int, ...], str]] = []
+        if self.skill is None and not self.skills:
+            problems.append((("skills",), "give 'skill' or 'skills' (required skills)"))
+        for i, step in enumerate(self.steps[1:], start=1):
+            before = self.steps[i - 1]
+            if step.after_s <= before.after_s:
+                problems.append(
+                    (
+                        ("steps", i, "after_s"),
+                        f"must be later than step {i - 1} ({before.after_s:g} s)",
+                    )
+                )
+            if step.min_proficiency > before.min_proficiency:
+                problems.append(
+                    (
+                        ("steps", i, "min_proficiency"),
+                        f"steps must widen: at most {before.min_proficiency} (step {i - 1})",
+                    )
+                )
+        rules = [
+            name
+            for name, on in (
+                ("max_wait_s", self.max_wait_s is not None),
+                ("max_length", self.max_length is not None),
+                ("join_empty", not self.join_empty),
+                ("leave_when_empty", self.leave_when_empty),
+            )
+            if on
+        ]
+        if rules and self.overflow is None:
+            problems.append(
+                (("overflow",), f"required key is missing (the target of {', '.join(rules)})")
+            )
+        if problems:
+            raise ReferenceProblems(problems)
+        return self
 
 
 class MenuOption(_Model):
@@ -166,7 +257,24 @@ class Settings(_Model):
                 problems.append(
                     (("dids", did, "ivr"), f"unknown IVR {target.ivr!r} (ivr: {ivr_names})")
                 )
-        skills = {q.skill for q in self.queues.values()}
+        skills = {s for q in self.queues.values() for s in q.required}
+        menu_names = ", ".join(sorted(self.ivr))
+        for queue_name, queue in self.queues.items():
+            spill = queue.overflow
+            if spill is None:
+                continue
+            where = ("queues", queue_name, "overflow", "target")
+            if spill.kind in ("queue", "callback") and spill.target:
+                if spill.target not in self.queues:
+                    problems.append(
+                        (where, f"unknown queue {spill.target!r} (queues: {queue_names})")
+                    )
+                elif spill.kind == "queue" and spill.target == queue_name:
+                    problems.append((where, "a queue cannot overflow into itself"))
+            elif spill.kind == "queue":
+                problems.append((where, f"name the queue to overflow to (queues: {queue_names})"))
+            elif spill.kind == "ivr" and spill.target not in self.ivr:
+                problems.append((where, f"unknown IVR {spill.target!r} (ivr: {menu_names})"))
         users: dict[str, str] = {}
         for agent_id, agent in self.agents.items():
             if agent.sip_user in users:

@@ -8,7 +8,8 @@ Three families cross process boundaries:
   (`Answer`, `Play`, `StopPlay`, `Dial`, `Bridge`, `Hangup`); they travel as MQTT v5
   requests and are answered with a `CommandResult`;
 * contact-center events — what supervisors and agents see
-  (`CallQueued`, `CallOffered`, `CallAnswered`, `CallEnded`, `AgentStateChanged`).
+  (`CallQueued`, `CallOffered`, `CallAnswered`, `CallEnded`, `CallOverflowed`,
+  `AgentStateChanged`).
 
 All are frozen, slotted, keyword-only dataclasses. `wire.codec` is the one place that
 maps them to MQTT topics + JSON and back. Nothing here does I/O.
@@ -227,4 +228,17 @@ class AgentStateChanged:
     reason: str = ""
 
 
-CcEvent = CallQueued | CallOffered | CallAnswered | CallEnded | AgentStateChanged
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CallOverflowed:
+    """A queue gave up on a waiting call (max wait, max length, join/leave when empty)."""
+
+    call_id: str
+    queue: str
+    reason: str
+    """`max_wait`, `max_length`, `join_empty` or `leave_empty`."""
+    target_kind: str
+    """`queue`, `voicemail`, `callback` or `ivr`."""
+    target: str
+
+
+CcEvent = CallQueued | CallOffered | CallAnswered | CallEnded | CallOverflowed | AgentStateChanged

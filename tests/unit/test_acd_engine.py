@@ -1,4 +1,7 @@
-"""The queue engine with a fake clock: longest idle, ring timeout, wrap-up, abandon."""
+"""The queue engine with a fake clock: longest idle, ring timeout, wrap-up, abandon.
+
+The walking skeleton's behaviour, kept; issue 3's rules are in `test_acd_rules.py`.
+"""
 
 from __future__ import annotations
 
@@ -81,8 +84,10 @@ def test_agent_serving_two_queues_takes_the_longest_waiting_call() -> None:
     assert offers(drain(engine))[0].call_id == "early"
 
 
-def test_ring_timeout_requeues_at_head_and_sets_agent_away() -> None:
-    """No answer in 15 s: the call keeps its place, the agent goes away (no_answer)."""
+def test_ring_timeout_keeps_the_place_and_goes_to_the_next_agent() -> None:
+    """No answer in 15 s: the call keeps its place and rings the next agent; one miss
+    does not send the agent away (default `no_answer_limit` is 2), but the agent sits
+    out that call for one ring cycle and takes the next one instead."""
     engine = engine_with(("alice", 0.0))
     engine.handle(Enqueue(call_id="c1", queue="sales", caller="1"), now=1.0)
     engine.handle(Enqueue(call_id="c2", queue="sales", caller="2"), now=2.0)
@@ -94,10 +99,46 @@ def test_ring_timeout_requeues_at_head_and_sets_agent_away() -> None:
     engine.handle_timer(now=deadline)
     cmds = drain(engine)
     assert CancelOffer(call_id="c1", agent_id="alice") in cmds
-    assert AgentStateChanged(agent="alice", state="away", reason="no_answer") in cmds
+    assert AgentStateChanged(agent="alice", state="away", reason="no_answer") not in cmds
+    assert offers(cmds) == [OfferCall(call_id="c2", agent_id="alice", queue="sales")]
     assert engine.position("c1") == 1
     engine.handle(AgentLoggedIn(agent_id="carol"), now=17.0)
     assert offers(drain(engine)) == [OfferCall(call_id="c1", agent_id="carol", queue="sales")]
+
+
+def test_two_misses_in_a_row_send_the_agent_away_no_answer() -> None:
+    engine = engine_with(("alice", 0.0))
+    engine.handle(Enqueue(call_id="c1", queue="sales", caller="1"), now=1.0)
+    engine.handle(Enqueue(call_id="c2", queue="sales", caller="2"), now=2.0)
+    drain(engine)
+    engine.handle_timer(now=16.0)  # alice misses c1, is offered c2
+    assert engine.agent("alice").state is AgentState.RESERVED
+    engine.handle_timer(now=31.0)  # and misses c2 too
+    cmds = drain(engine)
+    assert AgentStateChanged(agent="alice", state="away", reason="no_answer") in cmds
+    assert [c.call_id for c in engine.waiting("sales")] == ["c1", "c2"]
+
+
+def test_an_answer_resets_the_no_answer_count() -> None:
+    engine = engine_with(("alice", 0.0))
+    for i, at in enumerate((1.0, 2.0, 3.0)):
+        engine.handle(Enqueue(call_id=f"c{i}", queue="sales", caller="1"), now=at)
+    engine.handle_timer(now=16.0)  # miss c0; c1 rings
+    engine.handle(OfferAnswered(call_id="c1"), now=17.0)
+    engine.handle(CallLeft(call_id="c1"), now=20.0)
+    engine.handle_timer(now=30.0)  # wrap-up over; c0 (skip expired at 31) not yet: c2
+    engine.handle_timer(now=45.0)  # miss c2: one miss since the answer
+    assert engine.agent("alice").state is not AgentState.AWAY
+
+
+def test_no_answer_limit_one_is_the_walking_skeleton_behaviour() -> None:
+    agents = [AgentSpec(agent_id="alice", skills=frozenset({"sales"}), no_answer_limit=1)]
+    engine = AcdEngine(QUEUES, agents)
+    engine.handle(AgentLoggedIn(agent_id="alice"), now=0.0)
+    engine.handle(Enqueue(call_id="c1", queue="sales", caller="1"), now=1.0)
+    drain(engine)
+    engine.handle_timer(now=16.0)
+    assert AgentStateChanged(agent="alice", state="away", reason="no_answer") in drain(engine)
 
 
 def test_failed_agent_leg_requeues_without_waiting_for_timeout() -> None:
@@ -106,7 +147,8 @@ def test_failed_agent_leg_requeues_without_waiting_for_timeout() -> None:
     assert offers(drain(engine))[0].agent_id == "alice"
     engine.handle(OfferFailed(call_id="c1", reason="busy"), now=3.0)
     assert offers(drain(engine)) == [OfferCall(call_id="c1", agent_id="carol", queue="sales")]
-    assert engine.agent("alice").state is AgentState.AWAY
+    assert engine.agent("alice").state is AgentState.AVAILABLE
+    assert engine.agent("alice").missed == 1
 
 
 def test_wrap_up_then_available_again() -> None:

@@ -31,6 +31,8 @@ SAMPLES: list[object] = [
     events.CallOffered(call_id="c", queue="sales", agent="alice"),
     events.CallAnswered(call_id="c", queue="sales", agent="alice", wait_s=3.5),
     events.CallEnded(call_id="c", queue="sales", agent="alice", hangup_side="caller"),
+    events.CallOverflowed(call_id="c", queue="sales", reason="max_wait", target_kind="queue",
+                          target="support"),
     events.AgentStateChanged(agent="alice", state="away", reason="no_answer"),
 ]  # fmt: skip
 
