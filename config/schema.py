@@ -215,6 +215,18 @@ class Did(_Model):
     ivr: Name
 
 
+class CallPriority(_Model):
+    """How CRM facts about the caller raise a call's queue priority (added up)."""
+
+    vip: int = Field(20, ge=0, le=100)
+    open_ticket: dict[
+        Literal["urgent", "high", "normal", "low"], Annotated[int, Field(ge=0, le=100)]
+    ] = {
+        "urgent": 10,
+        "high": 5,
+    }
+
+
 class Recording(_Model):
     enabled: bool = True
 
@@ -230,6 +242,10 @@ class Settings(_Model):
     http: Http = Http()
     database: Database = Database()
     recording: Recording = Recording()
+    priority: CallPriority = CallPriority()
+    demo_customers: bool = Field(
+        False, description="seed the demo customers and tickets into an empty database"
+    )
     music_on_hold: Prompt | None = Field(
         None, description="None: a built-in tune synthesised with sox"
     )
@@ -264,6 +280,17 @@ class Settings(_Model):
             if spill is None:
                 continue
             where = ("queues", queue_name, "overflow", "target")
+            if spill.kind in ("callback", "voicemail"):
+                # The queue engine keeps the place (and is tested for it), but the media
+                # side cannot yet place the outbound call or record a message.
+                problems.append(
+                    (
+                        ("queues", queue_name, "overflow", "kind"),
+                        f"overflow to {spill.kind} is not available yet in the running "
+                        "center (use 'queue' or 'ivr')",
+                    )
+                )
+                continue
             if spill.kind in ("queue", "callback") and spill.target:
                 if spill.target not in self.queues:
                     problems.append(

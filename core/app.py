@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
+import json
 import logging
 import signal
 import time
 import uuid
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -30,10 +33,13 @@ from typing import Any
 import uvicorn
 
 from acd import engine as acd
+from acd import journal
+from acd.build import specs_from_settings
 from config.schema import Settings
 from core.bus import BrokerUnavailable, Bus
+from crm_link.demo import demo_customers
 from crm_link.models import CallRecord
-from crm_link.store import CallStore, database_url
+from crm_link.store import CallStore, CustomerCard, database_url
 from ivr import engine as ivr
 from pbx.edge import Edge
 from recording import prompts
@@ -44,6 +50,8 @@ from wire import events as ev
 log = logging.getLogger("kefu.core")
 
 REGISTRATION_POLL_S = 1.0
+RECONCILE_EVERY = 5
+"""Registration polls between two reconciliations of the queue engine."""
 
 
 @dataclass
@@ -70,6 +78,10 @@ class Call:
     caller_rtp: ev.RtpCounters = field(default_factory=ev.RtpCounters)
     agent_rtp: ev.RtpCounters = field(default_factory=ev.RtpCounters)
     caller_ended: bool = False
+    customer: CustomerCard | None = None
+    """The CRM's card for the caller, looked up while the IVR plays."""
+    routing: list[dict[str, Any]] = field(default_factory=list)
+    """The queue engine's decision trace for each offer of this call."""
     prompt_seq: dict[str, int] = field(default_factory=dict)
     """play_id -> IVR prompt sequence number"""
 
@@ -94,6 +106,7 @@ class Call:
             hangup_side=self.hangup_side,
             recording_path=self.recording,
             recording_duration_s=self.recording_duration_s,
+            routing_trace=json.dumps(self.routing) if self.routing else None,
             caller_rtp_rx=self.caller_rtp.rx_packets,
             caller_rtp_tx=self.caller_rtp.tx_packets,
             agent_rtp_rx=self.agent_rtp.rx_packets,
@@ -123,18 +136,10 @@ class Core:
                 for name, menu in settings.ivr.items()
             }
         )
-        self.acd = acd.AcdEngine(
-            [
-                acd.QueueSpec(
-                    name=n, skill=q.skill, ring_timeout_s=q.ring_timeout_s, wrapup_s=q.wrapup_s
-                )
-                for n, q in settings.queues.items()
-            ],
-            [
-                acd.AgentSpec(agent_id=n, skills=frozenset(a.skills))
-                for n, a in settings.agents.items()
-            ],
-        )
+        self.acd = acd.AcdEngine(*specs_from_settings(settings))
+        # Every input the queue engine sees, one JSON line each: `kefu acd replay`
+        # re-runs it against a candidate policy.
+        self._journal = open(data_dir / "acd-journal.jsonl", "a", encoding="utf-8")
         self.calls: dict[str, Call] = {}
         self.legs: dict[str, tuple[str, str]] = {}
         """leg id -> (call id, 'caller' | 'agent')"""
@@ -168,6 +173,10 @@ class Core:
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
         await asyncio.to_thread(self.render_prompts)
+        if self.settings.demo_customers:
+            seeded = await asyncio.to_thread(self.store.seed, *demo_customers())
+            if seeded:
+                log.info("seeded %d demo customers", seeded)
         app = create_app(self)
         server = uvicorn.Server(
             uvicorn.Config(
@@ -199,6 +208,7 @@ class Core:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        self._journal.close()
         self._sql.shutdown(wait=True)  # the last records reach the database
         self.store.close()
 
@@ -207,6 +217,10 @@ class Core:
     def now(self) -> float:
         assert self._loop is not None
         return self._loop.time()
+
+    def _acd(self, event: acd.AcdEvent, *, now: float) -> None:
+        self._journal.write(journal.dump(event, now) + "\n")
+        self.acd.handle(event, now=now)
 
     def _pump(self) -> None:
         """Carry out everything the engines asked for, then re-arm the one timer."""
@@ -278,8 +292,25 @@ class Core:
         )
         self.calls[call.call_id] = call
         self.legs[e.leg] = (call.call_id, "caller")
+        asyncio.get_running_loop().create_task(self._look_up_caller(call))
         log.info("call %s from %s to %s on worker %d", call.call_id, e.caller, e.did, e.worker)
         self._send(e.worker, ev.Answer(leg=e.leg))
+
+    async def _look_up_caller(self, call: Call) -> None:
+        """The CRM card, fetched while the IVR plays; it feeds the call's priority."""
+        try:
+            call.customer = await asyncio.get_running_loop().run_in_executor(
+                self._sql, self.store.lookup, "caller", call.caller
+            )
+        except Exception:
+            log.exception("CRM look-up of %s failed; routing without it", call.caller)
+
+    def _priority(self, call: Call) -> int:
+        card, rules = call.customer, self.settings.priority
+        if card is None:
+            return 0
+        ticket = rules.open_ticket.get(card.ticket_priority, 0)  # type: ignore[call-overload]
+        return (rules.vip if card.vip else 0) + ticket
 
     def _leg_answered(self, e: ev.LegAnswered) -> None:
         call, role = self._lookup(e.leg)
@@ -292,7 +323,7 @@ class Core:
         if call.agent_leg != e.leg or call.answered_at is not None:
             return
         call.answered_at = time.time()
-        self.acd.handle(acd.OfferAnswered(call_id=call.call_id), now=self.now())
+        self._acd(acd.OfferAnswered(call_id=call.call_id), now=self.now())
         if self.settings.recording.enabled:
             call.recording = str(recording_path(self.data_dir, call.call_id, call.arrived_at))
         self._send(
@@ -335,9 +366,7 @@ class Core:
                     call.agent_leg = None
                     call.agent = None
                     call.offered_at = None
-                    self.acd.handle(
-                        acd.OfferFailed(call_id=call.call_id, reason="no_answer"), now=now
-                    )
+                    self._acd(acd.OfferFailed(call_id=call.call_id, reason="no_answer"), now=now)
                 return
             if call.hangup_side is None:
                 call.hangup_side = "agent"
@@ -353,7 +382,7 @@ class Core:
             else:
                 call.hangup_side = "caller"
         self.ivr.handle(ivr.CallGone(call_id=call.call_id), now=now)
-        self.acd.handle(acd.CallLeft(call_id=call.call_id), now=now)
+        self._acd(acd.CallLeft(call_id=call.call_id), now=now)
         self._maybe_finish(call)
 
     def _recording_finished(self, e: ev.RecordingFinished) -> None:
@@ -468,10 +497,15 @@ class Core:
             self._send(
                 call.worker, ev.Play(leg=call.call_id, play_id="moh", files=(moh,), loop=True)
             )
-            self.acd.handle(
-                acd.Enqueue(call_id=call.call_id, queue=cmd.queue, caller=call.caller),
-                now=self.now(),
+            # The CRM's language is not a routing requirement (the engine treats a
+            # call's language as hard); the caller's choice in the IVR will be (#4).
+            enqueue = acd.Enqueue(
+                call_id=call.call_id,
+                queue=cmd.queue,
+                caller=call.caller,
+                priority=self._priority(call),
             )
+            self._acd(enqueue, now=self.now())
         else:
             call.hangup_side = "system"
             self._send(call.worker, ev.Hangup(leg=call.call_id))
@@ -484,6 +518,8 @@ class Core:
             agent = self.settings.agents[cmd.agent_id]
             leg = uuid.uuid4().hex
             call.agent, call.agent_leg, call.offered_at = cmd.agent_id, leg, time.time()
+            if cmd.trace is not None:
+                call.routing.append(plain(cmd.trace))
             self.legs[leg] = (call.call_id, "agent")
             edge = self.settings.edge
             uri = f"sip:{agent.sip_user}@{edge.sip_host}:{edge.sip_port}"
@@ -496,8 +532,38 @@ class Core:
             call = self.calls.get(cmd.call_id)
             if call is not None and call.agent_leg is not None and call.answered_at is None:
                 self._send(call.worker, ev.Hangup(leg=call.agent_leg))
+        elif isinstance(cmd, acd.Overflow):
+            self._overflow(cmd)
+        elif isinstance(cmd, acd.PlaceCallback):
+            # Nothing asks for callbacks yet (config refuses callback overflow); should
+            # one come, say so and let the engine give the place up after its retries.
+            log.error("call %s: callbacks cannot be placed yet", cmd.call_id)
+            failed = acd.CallbackFailed(call_id=cmd.call_id, reason="callbacks unavailable")
+            self._acd(failed, now=self.now())
         else:
             self._publish(cmd)
+
+    def _overflow(self, cmd: acd.Overflow) -> None:
+        call = self.calls.get(cmd.call_id)
+        log.info("call %s overflowed from %s (%s) to %s %s", cmd.call_id, cmd.queue,
+                 cmd.reason, cmd.target_kind, cmd.target)  # fmt: skip
+        if call is None or call.caller_ended:
+            return
+        if cmd.target_kind == "queue":  # the engine already moved it
+            call.queue = cmd.target
+            moh = self.prompt_files[f"queue.{cmd.target}.moh"]
+            self._send(
+                call.worker, ev.Play(leg=call.call_id, play_id="moh", files=(moh,), loop=True)
+            )
+        elif cmd.target_kind == "ivr":
+            self._acd(acd.CallLeft(call_id=call.call_id), now=self.now())
+            self.ivr.handle(ivr.CallStarted(call_id=call.call_id, menu=cmd.target), now=self.now())
+        else:
+            # voicemail and callback need media the walking skeleton lacks (issue #4);
+            # config validation refuses those targets, so this is a defect if reached.
+            log.error("call %s: overflow to %s is not available", call.call_id, cmd.target_kind)
+            call.hangup_side = "system"
+            self._send(call.worker, ev.Hangup(leg=call.call_id))
 
     def _dial_failed(self, call: Call, leg: str) -> None:
         """The worker refused to place the agent leg (e.g. momentarily full)."""
@@ -509,7 +575,7 @@ class Core:
             failed = acd.OfferFailed(
                 call_id=call.call_id, reason="not_placed", agent_at_fault=False
             )
-            self.acd.handle(failed, now=self.now())
+            self._acd(failed, now=self.now())
         self._pump()
 
     # ------------------------------------------------------------------ I/O
@@ -546,6 +612,7 @@ class Core:
 
     async def _poll_registrations(self) -> None:
         users = {a.sip_user: name for name, a in self.settings.agents.items()}
+        polls = 0
         while True:
             try:
                 registered = await asyncio.to_thread(self.edge.registered_users)
@@ -562,15 +629,21 @@ class Core:
                 if agent_id is not None and user not in self.registered:
                     log.info("agent %s registered from %s", agent_id, contact)
                     available = self.settings.agents[agent_id].auto_available
-                    self.acd.handle(
-                        acd.AgentLoggedIn(agent_id=agent_id, available=available), now=now
-                    )
+                    self._acd(acd.AgentLoggedIn(agent_id=agent_id, available=available), now=now)
             for user in set(self.registered) - set(registered):
                 agent_id = users.get(user)
                 if agent_id is not None:
                     log.info("agent %s unregistered", agent_id)
-                    self.acd.handle(acd.AgentLoggedOut(agent_id=agent_id), now=now)
+                    self._acd(acd.AgentLoggedOut(agent_id=agent_id), now=now)
             self.registered = registered
+            polls += 1
+            self._journal.flush()
+            if polls % RECONCILE_EVERY == 0:
+                # Self-healing: whatever the engine holds that the media side and the
+                # registrar no longer know about is let go.
+                live = frozenset(cid for cid, c in self.calls.items() if not c.caller_ended)
+                agents = frozenset(users[u] for u in registered if u in users)
+                self._acd(acd.Reconcile(live_calls=live, registered_agents=agents), now=now)
             self._pump()
             await asyncio.sleep(REGISTRATION_POLL_S)
 
@@ -621,7 +694,7 @@ class Core:
             event = acd.AgentSetAway(agent_id=agent_id, reason=reason or "break")
         else:
             raise ValueError(f"state must be 'available' or 'away', not {state!r}")
-        self.acd.handle(event, now=self.now())
+        self._acd(event, now=self.now())
         self._pump()
 
     def calls_view(self) -> list[dict[str, Any]]:
@@ -641,3 +714,14 @@ class Core:
                 }
             )
         return out
+
+
+def plain(value: Any) -> Any:
+    """Dataclasses, mappings and tuples as JSON-ready dicts and lists."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, tuple | list | set | frozenset):
+        return [plain(v) for v in value]
+    return value

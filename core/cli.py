@@ -54,14 +54,15 @@ def _config(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {"serve", "core", "worker", "config"}
+    commands = {"serve", "core", "worker", "config", "acd"}
     if not argv or argv[0] not in commands:
         print(
-            "usage: kefu {serve,core,worker,config} ...\n"
+            "usage: kefu {serve,core,worker,config,acd} ...\n"
             "  serve         run the whole contact center (broker, edge, workers, core)\n"
             "  core          run the decision process only\n"
             "  worker        run one pjsua2 media worker\n"
-            "  config check  validate a configuration file",
+            "  config check  validate a configuration file\n"
+            "  acd replay    re-run a recorded queue journal against a candidate policy",
             file=sys.stderr,
         )
         return 0 if argv[:1] in (["-h"], ["--help"]) else 2
@@ -76,6 +77,13 @@ def main(argv: list[str] | None = None) -> int:
         return worker(rest)
     if command == "core":
         return _core(rest)
+    if command == "acd":
+        if rest[:1] != ["replay"]:
+            print("usage: kefu acd replay EVENTS --policy FILE", file=sys.stderr)
+            return 2
+        from acd.replay import main as replay
+
+        return replay(rest[1:])
     return _config(rest)
 
 

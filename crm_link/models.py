@@ -45,6 +45,9 @@ class CallRecord(Base):
     caller_rtp_tx: Mapped[int] = mapped_column(Integer, default=0)
     agent_rtp_rx: Mapped[int] = mapped_column(Integer, default=0)
     agent_rtp_tx: Mapped[int] = mapped_column(Integer, default=0)
+    routing_trace: Mapped[str | None] = mapped_column(Text)
+    """JSON: the queue engine's decision trace for each offer (candidates, exclusions,
+    winner and score)."""
     ivr_path: Mapped[str | None] = mapped_column(Text)
     """JSON list of [seconds since arrival, step] the caller took in the IVR."""
     variables: Mapped[str | None] = mapped_column(Text)

@@ -132,6 +132,17 @@ class Center:
             interval=0.2,
         )
 
+    def wait_until_queued(self, caller: str, timeout: float = 20) -> None:
+        """Until a live call from `caller` waits in a queue (the IVR is done with it)."""
+
+        def queued() -> bool:
+            return any(
+                c["caller"] == caller and c["queue"] and c["position"]
+                for c in self.get("/api/calls")
+            )
+
+        wait_until(queued, timeout, f"a call from {caller} in a queue", interval=0.2)
+
     def calls(self) -> list[dict[str, Any]]:
         with sqlite3.connect(self.data_dir / "kefu.sqlite3") as db:
             db.row_factory = sqlite3.Row
