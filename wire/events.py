@@ -5,8 +5,8 @@ Three families cross process boundaries:
 * media events — a media worker reports what happened to a call leg
   (`LegIncoming`, `LegAnswered`, `DtmfReceived`, `PlaybackFinished`, `LegEnded`, ...);
 * media commands — the core tells a worker what to do with a leg
-  (`Answer`, `Play`, `StopPlay`, `Dial`, `Bridge`, `Hangup`); they travel as MQTT v5
-  requests and are answered with a `CommandResult`;
+  (`Answer`, `Play`, `StopPlay`, `Record`, `StopRecord`, `Dial`, `Bridge`, `Hangup`);
+  they travel as MQTT v5 requests and are answered with a `CommandResult`;
 * contact-center events — what supervisors and agents see
   (`CallQueued`, `CallOffered`, `CallAnswered`, `CallEnded`, `CallOverflowed`,
   `AgentStateChanged`).
@@ -102,6 +102,21 @@ class RecordingFinished:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class LegRecorded:
+    """A `Record` ended; the WAV (that leg's incoming audio only) is complete."""
+
+    worker: int
+    leg: str
+    record_id: str
+    path: str
+    duration_s: float
+    """Audio in the file; the beep is not in it (trailing silence is)."""
+    stopped_by: str
+    """`terminator` (a digit of `terminators`, also reported as `DtmfReceived`),
+    `max_time`, `silence`, `hangup` (the leg ended) or `stopped` (`StopRecord`)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class WorkerStatus:
     """Retained per worker; the broker's last will flips `up` to False on a crash."""
 
@@ -121,6 +136,7 @@ MediaEvent = (
     | PlaybackFinished
     | LegEnded
     | RecordingFinished
+    | LegRecorded
     | WorkerStatus
 )
 
@@ -179,12 +195,41 @@ class Hangup:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Record:
+    """Record what the caller says on one answered, unbridged leg (voicemail, a spoken
+    answer): an optional beep, then the leg's incoming audio alone to a mono WAV.
+
+    Any prompt still playing is cut; `Play` and `Bridge` are refused until it ends.
+    The end is reported as `LegRecorded`."""
+
+    leg: str
+    record_id: str
+    path: str
+    """Absolute `.wav` path on the worker's host; parent folders are created."""
+    max_s: float
+    """Stop after this much audio (at most 3600 s)."""
+    terminators: str = "#"
+    """DTMF digits that stop the recording ("" for none)."""
+    beep: bool = True
+    """Play a 0.2 s 1 kHz tone first; recording starts when it ends."""
+    silence_s: float = 0.0
+    """If > 0, stop after this much continuous silence from the caller."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StopRecord:
+    """End a leg's `Record` (`stopped_by="stopped"`); nothing to stop is fine."""
+
+    leg: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class CommandResult:
     ok: bool
     error: str = ""
 
 
-MediaCommand = Answer | Play | StopPlay | Dial | Bridge | Hangup
+MediaCommand = Answer | Play | StopPlay | Record | StopRecord | Dial | Bridge | Hangup
 
 # ---------------------------------------------------------------- contact-center events
 

@@ -38,11 +38,14 @@ from wire.events import (
     LegAnswered,
     LegEnded,
     LegIncoming,
+    LegRecorded,
     LegRinging,
     Play,
     PlaybackFinished,
+    Record,
     RecordingFinished,
     StopPlay,
+    StopRecord,
     WorkerStatus,
 )
 
@@ -51,6 +54,7 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 WORKER_ID = 7
 MOSQUITTO = "/usr/sbin/mosquitto"
+BEEP_S = 0.2  # pbx.worker.BEEP_S: the tone before a Record, not in the file
 
 
 # ---------------------------------------------------------------- helpers
@@ -258,6 +262,20 @@ class RawInvite:
         )
         self.sock.sendto(msg.encode(), self.target)
 
+    def answered(self, timeout: float = 5.0) -> None:
+        """Wait for the 200 to the INVITE and ACK it (the call is then up, sending no RTP)."""
+        self.sock.settimeout(timeout)
+        while True:
+            data = self.sock.recv(65535).decode(errors="replace")
+            code = int(data.split(" ", 2)[1])
+            if code == 200:
+                break
+            assert code < 300, data
+        to_tag = data.split("To:", 1)[1].split("\r\n", 1)[0].split("tag=")[-1]
+        self.branch = f"z9hG4bK{uuid.uuid4().hex[:16]}"  # the ACK of a 2xx is a new transaction
+        ack = self._head("ACK", 1, to_tag) + "Content-Length: 0\r\n\r\n"
+        self.sock.sendto(ack.encode(), self.target)
+
     def final(self, timeout: float = 5.0) -> int:
         """Wait for the final response to the INVITE, ACK it if it is a failure."""
         self.sock.settimeout(timeout)
@@ -330,6 +348,16 @@ def busy_phone() -> Iterator[int]:
         stop.set()
         thread.join(2)
         sock.close()
+
+
+def tone_share(path: str, freq: float, seconds: float) -> float:
+    """Share of the first `seconds` of a WAV's energy within 20 Hz of `freq`."""
+    with wave.open(path, "rb") as w:
+        rate = w.getframerate()
+        samples = np.frombuffer(w.readframes(int(rate * seconds)), dtype="<i2")
+    power = np.abs(np.fft.rfft(samples.astype(np.float64))) ** 2
+    bins = np.fft.rfftfreq(samples.size, 1 / rate)
+    return float(power[np.abs(bins - freq) <= 20].sum() / max(power.sum(), 1e-9))
 
 
 def wav_stats(path: str) -> tuple[int, int, float, float]:
@@ -610,3 +638,249 @@ def test_status_lifecycle_and_broker_restart(tmp_path: Path) -> None:
         w.proc.stop()
         mosq.stop()
         print(w.log())
+
+
+async def answered_caller(
+    b: Bus, w: WorkerProc, tmp: Path, **kw: Any
+) -> tuple[ManagedProcess, str]:
+    caller = sipp_caller(tmp, w, **kw)
+    inc = await b.event(LegIncoming)
+    await b.ok(Answer(leg=inc.leg))
+    await b.event(LegAnswered, leg=inc.leg)
+    return caller, str(inc.leg)
+
+
+def finish_caller(caller: ManagedProcess) -> None:
+    code = wait_exit(caller, 10)
+    caller.stop()
+    assert code == 0, f"sipp caller failed:\n{caller.log_tail(40)}"
+
+
+def test_record_caller_until_pound(tmp_path: Path, broker: int, worker: WorkerProc) -> None:
+    """After a beep the caller alone is recorded until '#': mono 8 kHz, their voice, no beep."""
+    path = tmp_path / "vm" / "box1" / "msg.wav"  # parent folders do not exist yet
+    prompt = tone(tmp_path / "prompt.wav", 1)
+
+    async def scenario() -> None:
+        async with bus(broker) as b:
+            await ready(b, worker)
+            caller, leg = await answered_caller(
+                b, worker, tmp_path, hold_ms=6000, dtmf_ms=3000, digit="pound"
+            )
+            try:
+                # silence_s is on: the speech pcap's pauses (< 0.7 s) must not end it.
+                rec_cmd = Record(leg=leg, record_id="vm1", path=str(path), max_s=20, silence_s=2.0)
+                await b.ok(rec_cmd)
+                started = time.monotonic()
+                refused = await b.request(Play(leg=leg, play_id="p", files=(prompt,)))
+                assert not refused.ok and "is recording (vm1)" in refused.error, refused
+                again = await b.request(Record(leg=leg, record_id="vm2", path=str(path), max_s=5))
+                assert not again.ok and "already recording" in again.error, again
+
+                dtmf = await b.event(DtmfReceived, leg=leg)
+                pressed = time.monotonic()
+                assert dtmf.digit == "#"
+                rec = await b.event(LegRecorded, leg=leg, within=5)
+                await b.ok(Hangup(leg=leg))
+                await b.event(LegEnded, leg=leg)
+            finally:
+                finish_caller(caller)
+
+            assert (rec.record_id, rec.path, rec.stopped_by) == ("vm1", str(path), "terminator")
+            channels, rate, seconds, rms = wav_stats(str(path))
+            assert (channels, rate) == (1, 8000)
+            expected = pressed - started - BEEP_S
+            assert abs(seconds - expected) <= 0.5, (seconds, expected)
+            assert abs(rec.duration_s - seconds) < 0.05, (rec.duration_s, seconds)
+            assert rms > 200, f"recording is (nearly) silent: RMS {rms:.1f}"
+            # The beep went to the caller only: no 1 kHz tone at the start of the file.
+            assert tone_share(str(path), 1000, 0.5) < 0.3
+            assert [e.digit for e in b.events if isinstance(e, DtmfReceived)] == ["#"]
+
+    asyncio.run(scenario())
+
+
+def test_record_max_time_and_stop_record(tmp_path: Path, broker: int, worker: WorkerProc) -> None:
+    """Record(max_s=2) stops by max_time at ~2 s; a second one is ended by StopRecord."""
+    first, second = tmp_path / "r1.wav", tmp_path / "r2.wav"
+    short = tone(tmp_path / "short.wav", 0.3)
+
+    async def scenario() -> None:
+        async with bus(broker) as b:
+            await ready(b, worker)
+            caller, leg = await answered_caller(
+                b, worker, tmp_path, hold_ms=9000, dtmf_ms=8000, digit="none"
+            )
+            try:
+                await b.ok(Record(leg=leg, record_id="r1", path=str(first), max_s=2, beep=False))
+                rec1 = await b.event(LegRecorded, leg=leg, record_id="r1", within=5)
+
+                await b.ok(Record(leg=leg, record_id="r2", path=str(second), max_s=30, beep=False))
+                await asyncio.sleep(1.0)
+                await b.ok(StopRecord(leg=leg))
+                rec2 = await b.event(LegRecorded, leg=leg, record_id="r2", within=5)
+                await b.ok(StopRecord(leg=leg))  # nothing to stop: still fine
+                await b.ok(Play(leg=leg, play_id="after", files=(short,)))  # prompts work again
+                await b.event(PlaybackFinished, leg=leg, play_id="after", within=5)
+                await b.ok(Hangup(leg=leg))
+                await b.event(LegEnded, leg=leg)
+            finally:
+                finish_caller(caller)
+
+            assert rec1.stopped_by == "max_time"
+            channels, rate, seconds, rms = wav_stats(str(first))
+            assert (channels, rate) == (1, 8000)
+            assert abs(seconds - 2.0) <= 0.1, seconds
+            assert abs(rec1.duration_s - seconds) < 0.05
+            assert rms > 200, f"recording is (nearly) silent: RMS {rms:.1f}"
+
+            assert rec2.stopped_by == "stopped"
+            seconds = wav_stats(str(second))[2]
+            assert 0.7 <= seconds <= 1.5, seconds
+            assert [e.record_id for e in b.events if isinstance(e, LegRecorded)] == ["r1", "r2"]
+
+    asyncio.run(scenario())
+
+
+def test_record_ends_when_caller_hangs_up(tmp_path: Path, broker: int, worker: WorkerProc) -> None:
+    """The caller hangs up mid-recording: LegRecorded(hangup) with a complete, voiced WAV."""
+    path = tmp_path / "hangup.wav"
+
+    async def scenario() -> None:
+        async with bus(broker) as b:
+            await ready(b, worker)
+            caller, leg = await answered_caller(
+                b, worker, tmp_path, hold_ms=3000, dtmf_ms=2500, digit="none"
+            )
+            try:
+                await b.ok(Record(leg=leg, record_id="h", path=str(path), max_s=30))
+                started = time.monotonic()
+                ended = await b.event(LegEnded, leg=leg, within=10)
+                ended_at = time.monotonic()
+                rec = await b.event(LegRecorded, leg=leg, within=5)
+            finally:
+                finish_caller(caller)
+            assert ended.by == "remote"
+            assert rec.stopped_by == "hangup"
+            channels, rate, seconds, rms = wav_stats(str(path))  # a complete header
+            assert (channels, rate) == (1, 8000)
+            expected = ended_at - started - BEEP_S
+            assert abs(seconds - expected) <= 0.5, (seconds, expected)
+            assert abs(rec.duration_s - seconds) < 0.05
+            assert rms > 200, f"recording is (nearly) silent: RMS {rms:.1f}"
+
+    asyncio.run(scenario())
+
+
+def test_record_stops_on_silence_and_refuses_bad_requests(
+    tmp_path: Path, broker: int, worker: WorkerProc
+) -> None:
+    """A caller sending no audio: Record(silence_s=1) ends by silence after ~1 s."""
+    path = tmp_path / "silent.wav"
+    uac = RawInvite(worker.sip_port)
+
+    async def scenario() -> None:
+        async with bus(broker) as b:
+            await ready(b, worker)
+            uac.invite()
+            leg = (await b.event(LegIncoming, sip_call_id=uac.call_id)).leg
+            early = await b.request(Record(leg=leg, record_id="x", path=str(path), max_s=5))
+            assert not early.ok and "not answered" in early.error, early
+            await b.ok(Answer(leg=leg))
+            await asyncio.to_thread(uac.answered)
+            await b.event(LegAnswered, leg=leg)
+
+            bad: list[tuple[Record, str]] = [
+                (Record(leg="nope", record_id="x", path=str(path), max_s=5), "unknown leg 'nope'"),
+                (Record(leg=leg, record_id="x", path=str(path), max_s=0), "max_s must be > 0"),
+                (Record(leg=leg, record_id="x", path=str(path), max_s=5, terminators="#x"),
+                 "terminators must be DTMF digits"),
+                (Record(leg=leg, record_id="x", path="rel.wav", max_s=5), "absolute .wav path"),
+                (Record(leg=leg, record_id="x", path=str(tmp_path / "a.mp3"), max_s=5),
+                 "absolute .wav path"),
+                (Record(leg=leg, record_id="x", path=str(path), max_s=5, silence_s=-1),
+                 "silence_s must be >= 0"),
+            ]  # fmt: skip
+            for cmd, expected in bad:
+                result = await b.request(cmd)
+                assert not result.ok and expected in result.error, (cmd, result.error)
+
+            cmd = Record(
+                leg=leg, record_id="s", path=str(path), max_s=10, beep=False, silence_s=1.0
+            )
+            await b.ok(cmd)
+            rec = await b.event(LegRecorded, leg=leg, within=5)
+            assert rec.stopped_by == "silence", rec
+            assert 0.9 <= rec.duration_s <= 1.3, rec
+            await b.ok(Hangup(leg=leg))
+            await b.event(LegEnded, leg=leg)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        uac.close()
+
+
+def test_bridge_without_hangup_together_keeps_the_caller(
+    tmp_path: Path, broker: int, worker: WorkerProc
+) -> None:
+    """Agent ends a hangup_together=False bridge: the caller stays, hears a prompt, is recorded."""
+    agent_port = free_port()
+    phone = start_sipp(
+        "phone",
+        tmp_path,
+        "uas_answer.xml",
+        "",
+        local_port=agent_port,
+        media_port=free_port(span=4),
+        calls=1,
+        timeout_s=60,
+        keys={"ring_ms": "200", "hold_ms": "2000"},  # the agent hangs up by itself
+    )
+    survey = tone(tmp_path / "survey.wav", 0.5, 500)
+    answer = tmp_path / "survey" / "answer.wav"
+
+    async def scenario() -> None:
+        async with bus(broker) as b:
+            await ready(b, worker)
+            caller, leg = await answered_caller(
+                b, worker, tmp_path, hold_ms=15_000, dtmf_ms=14_000, digit="none"
+            )
+            try:
+                await b.ok(Dial(leg="agent1", uri=f"sip:agent@127.0.0.1:{agent_port}",
+                                related_leg=leg))  # fmt: skip
+                await b.event(LegAnswered, leg="agent1")
+                await b.ok(Bridge(a=leg, b="agent1", hangup_together=False))
+                refused = await b.request(Record(leg=leg, record_id="x", path=str(answer), max_s=1))
+                assert not refused.ok and "is bridged" in refused.error, refused
+                refused = await b.request(Record(leg="nope", record_id="x", path=str(answer),
+                                                 max_s=1))  # fmt: skip
+                assert not refused.ok and "unknown leg" in refused.error, refused
+
+                agent_end = await b.event(LegEnded, leg="agent1", within=10)
+                assert agent_end.by == "remote"
+                await asyncio.sleep(1.0)
+                assert not any(isinstance(e, LegEnded) and e.leg == leg for e in b.events)
+
+                # The post-call survey: a prompt, then the caller's spoken answer.
+                await b.ok(Play(leg=leg, play_id="survey", files=(survey,)))
+                fin = await b.event(PlaybackFinished, leg=leg, play_id="survey", within=5)
+                assert not fin.interrupted
+                await b.ok(Record(leg=leg, record_id="ans", path=str(answer), max_s=1.5))
+                rec = await b.event(LegRecorded, leg=leg, record_id="ans", within=5)
+                await b.ok(Hangup(leg=leg))
+                caller_end = await b.event(LegEnded, leg=leg)
+            finally:
+                finish_caller(caller)
+            assert caller_end.by == "local"
+            assert rec.stopped_by == "max_time"
+            channels, rate, seconds, rms = wav_stats(str(answer))
+            assert (channels, rate, round(seconds, 1)) == (1, 8000, 1.5), seconds
+            assert rms > 200, f"caller audio lost after the un-bridge: RMS {rms:.1f}"
+
+    try:
+        asyncio.run(scenario())
+        code = wait_exit(phone, 10)
+        assert code == 0, f"sipp phone failed:\n{phone.log_tail(40)}"
+    finally:
+        phone.stop()

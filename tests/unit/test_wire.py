@@ -19,10 +19,15 @@ SAMPLES: list[object] = [
     events.LegEnded(worker=3, leg="l1", by="remote", sip_code=200, reason="Normal",
                     rtp=events.RtpCounters(rx_packets=10, tx_packets=9, rx_lost=1)),
     events.RecordingFinished(worker=3, leg="l1", path="/r.wav", duration_s=4.5),
+    events.LegRecorded(worker=3, leg="l1", record_id="vm1", path="/vm/1.wav", duration_s=2.5,
+                       stopped_by="terminator"),
     events.WorkerStatus(worker=3, up=True, pid=9, sip_port=5102, legs=2, max_legs=4),
     events.Answer(leg="l1"),
     events.Play(leg="l1", play_id="p", files=("a.wav", "b.wav"), loop=False, barge_in=True),
     events.StopPlay(leg="l1"),
+    events.Record(leg="l1", record_id="vm1", path="/vm/1.wav", max_s=60.0, terminators="#*",
+                  beep=False, silence_s=3.0),
+    events.StopRecord(leg="l1"),
     events.Dial(leg="l2", uri="sip:1001@127.0.0.1:5060", caller_id="5551", related_leg="l1"),
     events.Bridge(a="l1", b="l2", record_path="/r.wav"),
     events.Hangup(leg="l1", sip_code=486),
@@ -54,7 +59,9 @@ def test_every_wire_type_has_a_sample_and_is_documented() -> None:
 
 def test_topics() -> None:
     assert codec.topic_for(SAMPLES[0]) == "kefu/v1/worker/3/event/leg_incoming"
-    assert codec.topic_for(SAMPLES[7]) == "kefu/v1/worker/3/status"
+    by_type = {type(s): s for s in SAMPLES}
+    assert codec.topic_for(by_type[events.WorkerStatus]) == "kefu/v1/worker/3/status"
+    assert codec.topic_for(by_type[events.LegRecorded]) == "kefu/v1/worker/3/event/leg_recorded"
     assert codec.topic_for(SAMPLES[-1]) == "kefu/v1/cc/agent_state_changed"
     with pytest.raises(codec.WireError):
         codec.topic_for(events.Answer(leg="x"))
