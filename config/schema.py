@@ -16,6 +16,12 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 
 SipUser = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.+-]{1,64}$")]
 Digits = Annotated[str, StringConstraints(pattern=r"^[0-9*#]{1,32}$")]
+Digit = Annotated[str, StringConstraints(pattern=r"^[0-9*#]$")]
+"""One key: a menu option is chosen by a single DTMF digit."""
+Host = Annotated[
+    str, StringConstraints(pattern=r"^[A-Za-z0-9]([A-Za-z0-9.:-]{0,252}[A-Za-z0-9])?$")
+]
+"""An IP address or host name (it is written into the edge's config)."""
 Name = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]{0,63}$")]
 
 
@@ -54,7 +60,7 @@ class Trunk(_Model):
 class Edge(_Model):
     """The Kamailio edge: the only SIP port the world sees."""
 
-    sip_host: str = "127.0.0.1"
+    sip_host: Host = "127.0.0.1"
     sip_port: int = Field(5060, ge=1, le=65535)
     rpc_port: int = Field(5071, ge=1, le=65535, description="JSON-RPC over HTTP, loopback only")
     trunks: list[Trunk] = Field(min_length=1)
@@ -204,7 +210,7 @@ class Menu(_Model):
     """A one-level DTMF menu: prompt, wait, repeat on timeout, message on a wrong digit."""
 
     prompt: Prompt
-    options: dict[Digits, MenuOption] = Field(min_length=1)
+    options: dict[Digit, MenuOption] = Field(min_length=1)
     timeout_s: float = Field(5.0, gt=0, le=120)
     max_retries: int = Field(3, ge=0, le=20)
     invalid: Prompt = Prompt(text="Sorry, that is not a valid choice.")
@@ -341,6 +347,25 @@ class Settings(_Model):
                 )
         if len(set(ports.values())) != len(ports):
             problems.append((("edge",), f"ports must differ: {ports}"))
+        pbx = self.pbx
+        rtp = range(pbx.rtp_base_port, pbx.rtp_base_port + pbx.workers * pbx.rtp_ports_per_worker)
+        if rtp.stop - 1 > 65535:
+            problems.append(
+                (
+                    ("pbx", "rtp_base_port"),
+                    f"{pbx.workers} workers x {pbx.rtp_ports_per_worker} RTP ports from "
+                    f"{rtp.start} run past 65535",
+                )
+            )
+        clashes = [f"{name}={port}" for name, port in ports.items() if port in rtp]
+        clashes += [f"worker SIP port {p}" for p in worker_ports if p in rtp][:1]
+        if clashes:
+            problems.append(
+                (
+                    ("pbx", "rtp_base_port"),
+                    f"RTP ports {rtp.start}-{rtp.stop - 1} overlap {', '.join(clashes)}",
+                )
+            )
         if problems:
             raise ReferenceProblems(problems)
         return self

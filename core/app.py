@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import aiomqtt
 import uvicorn
 
 from acd import engine as acd
@@ -146,6 +147,7 @@ class Core:
         self.workers: dict[int, ev.WorkerStatus] = {}
         self.registered: dict[str, str] = {}
         self.edge_ok = False
+        self.db_ok = False
         self.prompt_files: dict[str, str] = {}
         self._outbox: asyncio.Queue[tuple[int, ev.MediaCommand, Any]] = asyncio.Queue()
         self._timer: asyncio.TimerHandle | None = None
@@ -173,6 +175,7 @@ class Core:
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
         await asyncio.to_thread(self.render_prompts)
+        await self._check_database()
         if self.settings.demo_customers:
             seeded = await asyncio.to_thread(self.store.seed, *demo_customers())
             if seeded:
@@ -219,8 +222,9 @@ class Core:
         return self._loop.time()
 
     def _acd(self, event: acd.AcdEvent, *, now: float) -> None:
-        self._journal.write(journal.dump(event, now) + "\n")
         self.acd.handle(event, now=now)
+        # after handle: an event the engine refused (and so ignored) is not replayed
+        self._journal.write(journal.dump(event, now) + "\n")
 
     def _pump(self) -> None:
         """Carry out everything the engines asked for, then re-arm the one timer."""
@@ -296,6 +300,16 @@ class Core:
         log.info("call %s from %s to %s on worker %d", call.call_id, e.caller, e.did, e.worker)
         self._send(e.worker, ev.Answer(leg=e.leg))
 
+    async def _check_database(self) -> None:
+        try:
+            self.db_ok = await asyncio.get_running_loop().run_in_executor(
+                self._sql, self.store.ping
+            )
+        except Exception as exc:
+            if self.db_ok:
+                log.warning("database unavailable: %s", exc)
+            self.db_ok = False
+
     async def _look_up_caller(self, call: Call) -> None:
         """The CRM card, fetched while the IVR plays; it feeds the call's priority."""
         try:
@@ -314,21 +328,33 @@ class Core:
 
     def _leg_answered(self, e: ev.LegAnswered) -> None:
         call, role = self._lookup(e.leg)
-        if call is None:
-            return
-        if role == "caller":
+        if call is not None and role == "caller":
             menu = self.settings.dids[call.did].ivr
             self.ivr.handle(ivr.CallStarted(call_id=call.call_id, menu=menu), now=self.now())
             return
-        if call.agent_leg != e.leg or call.answered_at is not None:
+        if (
+            call is None
+            or call.agent_leg != e.leg
+            or call.answered_at is not None
+            or call.caller_ended
+        ):
+            # An agent picked up an offer that was already cancelled, superseded or
+            # forgotten: end that leg rather than leave the agent on dead air.
+            self._send(e.worker, ev.Hangup(leg=e.leg))
+            return
+        try:
+            self._acd(acd.OfferAnswered(call_id=call.call_id), now=self.now())
+        except acd.IllegalTransition:
+            log.warning("call %s: answer on leg %s came after the offer ended", call.call_id, e.leg)
+            self._send(e.worker, ev.Hangup(leg=e.leg))
             return
         call.answered_at = time.time()
-        self._acd(acd.OfferAnswered(call_id=call.call_id), now=self.now())
         if self.settings.recording.enabled:
             call.recording = str(recording_path(self.data_dir, call.call_id, call.arrived_at))
         self._send(
             call.worker,
             ev.Bridge(a=call.call_id, b=e.leg, record_path=call.recording or ""),
+            on_fail=lambda _r, c=call: self._bridge_failed(c),
         )
         wait = call.answered_at - (call.queued_at or call.arrived_at)
         self._publish(
@@ -336,6 +362,14 @@ class Core:
                 call_id=call.call_id, queue=call.queue or "", agent=call.agent or "", wait_s=wait
             )
         )
+
+    def _bridge_failed(self, call: Call) -> None:
+        """Caller and agent are both up but not connected: end both, say why."""
+        log.error("call %s: bridge refused; hanging up both legs", call.call_id)
+        call.hangup_side = call.hangup_side or "system"
+        for leg in (call.call_id, call.agent_leg):
+            if leg is not None and leg in self.legs:
+                self._send(call.worker, ev.Hangup(leg=leg))
 
     def _dtmf(self, e: ev.DtmfReceived) -> None:
         call, role = self._lookup(e.leg)
@@ -357,16 +391,20 @@ class Core:
             return
         now = self.now()
         if role == "agent":
+            if e.leg != call.agent_leg:
+                # an offer that was cancelled or superseded: nothing to account for
+                if call.caller_ended:
+                    self._maybe_finish(call)
+                return
             call.agent_rtp = e.rtp
             if call.answered_at is None:
                 # the agent's phone rejected, failed or was cancelled before answering
                 if call.caller_ended:
                     self._maybe_finish(call)  # abandoned while the agent's phone rang
-                elif call.agent_leg == e.leg:
-                    call.agent_leg = None
-                    call.agent = None
-                    call.offered_at = None
-                    self._acd(acd.OfferFailed(call_id=call.call_id, reason="no_answer"), now=now)
+                else:
+                    call.agent_leg = call.agent = None
+                    failed = acd.OfferFailed(call_id=call.call_id, reason="no_answer")
+                    self._acd(failed, now=now)
                 return
             if call.hangup_side is None:
                 call.hangup_side = "agent"
@@ -381,6 +419,10 @@ class Core:
                 call.hangup_side = "abandon"
             else:
                 call.hangup_side = "caller"
+        if call.agent_leg is not None and call.agent_leg in self.legs:
+            # normally the worker ends a bridged agent leg itself (hangup_together);
+            # this covers a caller who left between the agent's answer and the bridge
+            self._send(call.worker, ev.Hangup(leg=call.agent_leg))
         self.ivr.handle(ivr.CallGone(call_id=call.call_id), now=now)
         self._acd(acd.CallLeft(call_id=call.call_id), now=now)
         self._maybe_finish(call)
@@ -517,7 +559,8 @@ class Core:
                 return
             agent = self.settings.agents[cmd.agent_id]
             leg = uuid.uuid4().hex
-            call.agent, call.agent_leg, call.offered_at = cmd.agent_id, leg, time.time()
+            call.agent, call.agent_leg = cmd.agent_id, leg
+            call.offered_at = call.offered_at or time.time()  # the first offer counts
             if cmd.trace is not None:
                 call.routing.append(plain(cmd.trace))
             self.legs[leg] = (call.call_id, "agent")
@@ -532,6 +575,7 @@ class Core:
             call = self.calls.get(cmd.call_id)
             if call is not None and call.agent_leg is not None and call.answered_at is None:
                 self._send(call.worker, ev.Hangup(leg=call.agent_leg))
+                call.agent_leg = call.agent = None  # a late answer on it is hung up
         elif isinstance(cmd, acd.Overflow):
             self._overflow(cmd)
         elif isinstance(cmd, acd.PlaceCallback):
@@ -569,8 +613,11 @@ class Core:
         """The worker refused to place the agent leg (e.g. momentarily full)."""
         if call.agent_leg != leg or self.legs.pop(leg, None) is None:
             return
+        if call.caller_ended:
+            self._maybe_finish(call)  # the caller left while the Dial was refused
+            self._pump()
+            return
         call.agent_leg = call.agent = None
-        call.offered_at = None
         if not call.caller_ended:
             failed = acd.OfferFailed(
                 call_id=call.call_id, reason="not_placed", agent_at_fault=False
@@ -603,8 +650,10 @@ class Core:
     ) -> None:
         try:
             result = task.result()
-        except (BrokerUnavailable, asyncio.CancelledError) as exc:
-            result = ev.CommandResult(ok=False, error=str(exc))
+        except (BrokerUnavailable, aiomqtt.MqttError, asyncio.CancelledError) as exc:
+            # e.g. a PUBACK lost when the broker dropped: the command may never have
+            # reached the worker, so its failure path must run (a Dial's above all).
+            result = ev.CommandResult(ok=False, error=f"not delivered: {exc!r}")
         if not result.ok:
             log.warning("worker %d refused %s: %s", worker, type(command).__name__, result.error)
             if on_fail is not None:
@@ -644,6 +693,7 @@ class Core:
                 live = frozenset(cid for cid, c in self.calls.items() if not c.caller_ended)
                 agents = frozenset(users[u] for u in registered if u in users)
                 self._acd(acd.Reconcile(live_calls=live, registered_agents=agents), now=now)
+                asyncio.get_running_loop().create_task(self._check_database())
             self._pump()
             await asyncio.sleep(REGISTRATION_POLL_S)
 
@@ -659,10 +709,7 @@ class Core:
             }
             for n in expected
         }
-        try:
-            db_ok = self.store.ping()
-        except Exception:
-            db_ok = False
+        db_ok = self.db_ok  # refreshed off the event loop: a dead database must not stall it
         components: dict[str, dict[str, Any]] = {
             "core": {"ok": True, "uptime_s": round(time.time() - self.started_at, 1)},
             "broker": {"ok": self.bus.connected.is_set()},

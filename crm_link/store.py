@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy import create_engine, event, inspect, literal, or_, select, text
+from sqlalchemy import and_, create_engine, event, func, inspect, literal, or_, select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -77,11 +77,18 @@ class CallStore:
                 matches = [Customer.phone == wanted]
                 if len(wanted) >= 7:
                     matches.append(Customer.phone.like(f"%{wanted}"))
-                    matches.append(literal(wanted).like("%" + Customer.phone))
+                    # the stored number must be a real one too: "" or "123" is a tail
+                    # of every caller's number
+                    matches.append(
+                        and_(
+                            func.length(Customer.phone) >= 7,
+                            literal(wanted).like("%" + Customer.phone),
+                        )
+                    )
                 query = select(Customer).where(or_(*matches))
             else:
                 query = select(Customer).where(Customer.account_number == wanted)
-            customer = session.scalars(query.limit(1)).first()
+            customer = session.scalars(query.order_by(Customer.customer_id).limit(1)).first()
             if customer is None:
                 return None
             tickets = session.scalars(

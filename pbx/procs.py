@@ -25,6 +25,11 @@ def port_is_free(port: int, host: str = "127.0.0.1", *, udp: bool = True, tcp: b
     kinds = ([socket.SOCK_DGRAM] if udp else []) + ([socket.SOCK_STREAM] if tcp else [])
     for kind in kinds:
         with socket.socket(socket.AF_INET, kind) as sock:
+            if kind == socket.SOCK_STREAM:
+                # A listener still makes bind fail; connections of a process that just
+                # died (TIME_WAIT) do not, as they would not stop its restart either.
+                # Not for UDP: there SO_REUSEADDR would hide a live Kamailio.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 sock.bind((host, port))
             except OSError:

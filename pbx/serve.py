@@ -25,7 +25,7 @@ from pathlib import Path
 
 from config.loader import ConfigError, demo_path, load
 from config.schema import Settings
-from pbx.edge import Edge
+from pbx.edge import Edge, EdgeError
 from pbx.procs import ManagedProcess, PortBusy, port_is_free, require_free, start_mosquitto
 
 READY_TIMEOUT_S = 90.0
@@ -67,6 +67,7 @@ class Supervisor:
         self.edge = Edge()
         self.children: dict[str, Child] = {}
         self.stopping = False
+        self.peer_retry_at = 0.0
 
     # -- start
 
@@ -138,6 +139,8 @@ class Supervisor:
                 print("kefu ready", flush=True)
                 return
             time.sleep(0.25)
+        if self.stopping:
+            return
         raise TimeoutError(f"not healthy after {READY_TIMEOUT_S:.0f}s: {json.dumps(report)}")
 
     # -- supervise
@@ -163,15 +166,23 @@ class Supervisor:
                 child.next_start = 0.0
                 child.started_at = now
                 child.proc.start()
-        if self.broker is not None and not self.broker.alive():
-            print("mosquitto exited; restarting", file=sys.stderr, flush=True)
-            self.broker = start_mosquitto(
-                self.settings.broker.port, self.run_dir, self.logs / "mosquitto.log"
-            )
-        if not self.edge.alive():
-            print("kamailio exited; restarting", file=sys.stderr, flush=True)
-            self.edge.stop()
-            self.edge.start(self.settings, self.run_dir, self.logs / "kamailio.log")
+        # A broker or edge that dies is restarted too; a failed restart is retried
+        # later, never allowed to take the running calls down with it.
+        if now < self.peer_retry_at:
+            return
+        try:
+            if self.broker is not None and not self.broker.alive():
+                print("mosquitto exited; restarting", file=sys.stderr, flush=True)
+                self.broker = start_mosquitto(
+                    self.settings.broker.port, self.run_dir, self.logs / "mosquitto.log"
+                )
+            if not self.edge.alive():
+                print("kamailio exited; restarting", file=sys.stderr, flush=True)
+                self.edge.stop()
+                self.edge.start(self.settings, self.run_dir, self.logs / "kamailio.log")
+        except (PortBusy, EdgeError, TimeoutError, RuntimeError) as exc:
+            self.peer_retry_at = now + 2.0
+            print(f"restart failed, retrying in 2s: {exc}", file=sys.stderr, flush=True)
 
     def run_forever(self) -> None:
         while not self.stopping:
@@ -216,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         supervisor.start()
         supervisor.wait_ready()
         supervisor.run_forever()
-    except (PortBusy, TimeoutError, RuntimeError) as exc:
+    except (PortBusy, TimeoutError, RuntimeError, ValueError) as exc:
         print(f"kefu serve: {exc}", file=sys.stderr)
         for name, child in supervisor.children.items():
             if not child.proc.alive():

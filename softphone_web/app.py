@@ -49,6 +49,8 @@ def create_app(core: CoreView) -> FastAPI:
             raise HTTPException(404, str(exc.args[0])) from None
         except ValueError as exc:
             raise HTTPException(422, str(exc)) from None
+        except RuntimeError as exc:  # an illegal transition, e.g. away while on a call
+            raise HTTPException(409, str(exc)) from None
         return {"agent": agent_id, "state": body.state}
 
     @app.get("/api/calls")

@@ -107,3 +107,25 @@ def test_kefu_serve_exits_non_zero_on_a_bad_config(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert f"{cfg}: ivr.main.options.\"2\".queue: unknown queue 'suport'" in done.stderr
     assert not (tmp_path / "logs").exists()  # nothing was started
+
+
+def test_port_ranges_and_hosts_that_would_fail_at_run_time_are_refused() -> None:
+    data = demo()
+    data["pbx"]["rtp_base_port"] = 5000  # 8 x 40 ports: over the edge's and workers' ports
+    data["ivr"]["main"]["options"]["10"] = {"queue": "sales"}
+    data["edge"]["sip_host"] = 'bad"host'
+    lines = errors(data)
+    assert any(
+        line.startswith("demo.yaml: edge.sip_host: String should match pattern") for line in lines
+    ), lines
+    assert any('ivr.main.options."10"' in line for line in lines), lines
+    data = demo()
+    data["pbx"]["rtp_base_port"] = 5000
+    assert errors(data) == [
+        "demo.yaml: pbx.rtp_base_port: RTP ports 5000-5319 overlap edge.sip_port=5060, "
+        "edge.rpc_port=5071, worker SIP port 5100"
+    ]
+    data["pbx"]["rtp_base_port"] = 60000
+    data["pbx"]["workers"] = 200
+    (line,) = errors(data)
+    assert "200 workers x 40 RTP ports from 60000 run past 65535" in line

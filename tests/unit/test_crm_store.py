@@ -6,6 +6,7 @@ import sqlite3
 from pathlib import Path
 
 from crm_link.demo import demo_customers
+from crm_link.models import Customer
 from crm_link.store import CallStore
 
 
@@ -36,6 +37,14 @@ def test_lookup_by_account_number_and_closed_tickets_do_not_count(tmp_path: Path
     card = store(tmp_path).lookup("variable", "6011000990139424")
     assert card is not None and card.name == "Kim Min-jun"
     assert card.ticket_priority == "" and card.open_tickets == []
+
+
+def test_a_customer_with_a_short_or_empty_number_matches_no_caller(tmp_path: Path) -> None:
+    crm = store(tmp_path)
+    with crm.sessions.begin() as session:
+        session.add(Customer(customer_id="c-x", name="No Number", phone=""))
+        session.add(Customer(customer_id="c-y", name="Short", phone="123"))
+    assert crm.lookup("caller", "5559990123") is None
 
 
 def test_unknown_caller_and_seed_runs_once(tmp_path: Path) -> None:
