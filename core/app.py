@@ -576,6 +576,8 @@ class Core:
             if call is not None and call.agent_leg is not None and call.answered_at is None:
                 self._send(call.worker, ev.Hangup(leg=call.agent_leg))
                 call.agent_leg = call.agent = None  # a late answer on it is hung up
+                if call.caller_ended:
+                    self._maybe_finish(call)  # the caller left while the agent's phone rang
         elif isinstance(cmd, acd.Overflow):
             self._overflow(cmd)
         elif isinstance(cmd, acd.PlaceCallback):
