@@ -66,7 +66,12 @@ class Edge(_Model):
     trunks: list[Trunk] = Field(min_length=1)
     probe_interval_s: int = Field(5, ge=1, le=300)
     retry_after_s: int = Field(5, ge=1, le=3600)
-    register_max_expires_s: int = Field(3600, ge=60)
+    register_max_expires_s: int = Field(
+        600,
+        ge=60,
+        description="registrations live in the edge's memory: after an edge restart, "
+        "phones are back at their next refresh, at most this long",
+    )
 
 
 class Broker(_Model):

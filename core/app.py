@@ -23,7 +23,7 @@ import logging
 import signal
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -51,6 +51,8 @@ from wire import events as ev
 log = logging.getLogger("kefu.core")
 
 REGISTRATION_POLL_S = 1.0
+MAX_WRITE_RETRY_S = 30.0
+"""A call record that cannot be written (database away) is retried, never dropped."""
 RECONCILE_EVERY = 5
 """Registration polls between two reconciliations of the queue engine."""
 
@@ -148,6 +150,7 @@ class Core:
         self.registered: dict[str, str] = {}
         self.edge_ok = False
         self.db_ok = False
+        self._tasks: set[asyncio.Task[None]] = set()
         self.prompt_files: dict[str, str] = {}
         self._outbox: asyncio.Queue[tuple[int, ev.MediaCommand, Any]] = asyncio.Queue()
         self._timer: asyncio.TimerHandle | None = None
@@ -211,6 +214,8 @@ class Core:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        if self._tasks:  # records being written (or retried) get a last chance
+            await asyncio.wait(self._tasks, timeout=5.0)
         self._journal.close()
         self._sql.shutdown(wait=True)  # the last records reach the database
         self.store.close()
@@ -296,7 +301,7 @@ class Core:
         )
         self.calls[call.call_id] = call
         self.legs[e.leg] = (call.call_id, "caller")
-        asyncio.get_running_loop().create_task(self._look_up_caller(call))
+        self._spawn(self._look_up_caller(call))
         log.info("call %s from %s to %s on worker %d", call.call_id, e.caller, e.did, e.worker)
         self._send(e.worker, ev.Answer(leg=e.leg))
 
@@ -332,14 +337,13 @@ class Core:
             menu = self.settings.dids[call.did].ivr
             self.ivr.handle(ivr.CallStarted(call_id=call.call_id, menu=menu), now=self.now())
             return
-        if (
-            call is None
-            or call.agent_leg != e.leg
-            or call.answered_at is not None
-            or call.caller_ended
-        ):
-            # An agent picked up an offer that was already cancelled, superseded or
-            # forgotten: end that leg rather than leave the agent on dead air.
+        if call is None:
+            # Not ours (e.g. answered before this core started): calls survive a core
+            # restart on their worker, so an unknown leg is left alone.
+            return
+        if call.agent_leg != e.leg or call.answered_at is not None or call.caller_ended:
+            # An agent picked up an offer that was already cancelled or superseded: end
+            # that leg rather than leave the agent on dead air.
             self._send(e.worker, ev.Hangup(leg=e.leg))
             return
         try:
@@ -460,7 +464,7 @@ class Core:
                     )
                 )
             if call.recording and call.recording_duration_s is None:
-                asyncio.get_running_loop().create_task(self._repair_recording(call))
+                self._spawn(self._repair_recording(call))
 
     async def _repair_recording(self, call: Call) -> None:
         assert call.recording is not None
@@ -501,15 +505,29 @@ class Core:
         self._loop.call_later(30.0, self.calls.pop, call.call_id, None)
 
     def _save(self, call: Call) -> None:
-        record = call.record()
-
         async def write() -> None:
-            try:
-                await asyncio.get_running_loop().run_in_executor(self._sql, self.store.save, record)
-            except Exception:
-                log.exception("could not write the record of call %s", call.call_id)
+            delay = 1.0
+            while True:
+                try:
+                    # the call's state as of this attempt: a retry never writes an older
+                    # picture over a newer one
+                    await asyncio.get_running_loop().run_in_executor(
+                        self._sql, self.store.save, call.record()
+                    )
+                    return
+                except Exception as exc:
+                    log.warning("record of call %s not written (%s); retrying in %.0fs",
+                                call.call_id, exc, delay)  # fmt: skip
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, MAX_WRITE_RETRY_S)
 
-        asyncio.get_running_loop().create_task(write())
+        self._spawn(write())
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """A background task the loop keeps a reference to until it is done."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _lookup(self, leg: str) -> tuple[Call | None, str]:
         entry = self.legs.get(leg)
@@ -633,7 +651,7 @@ class Core:
         self._outbox.put_nowait((worker, command, on_fail))
 
     def _publish(self, event: object) -> None:
-        asyncio.get_running_loop().create_task(self.bus.publish(event))
+        self._spawn(self.bus.publish(event))
 
     async def _send_commands(self) -> None:
         """One sender keeps each worker's commands in the order the engines gave them."""
@@ -695,7 +713,7 @@ class Core:
                 live = frozenset(cid for cid, c in self.calls.items() if not c.caller_ended)
                 agents = frozenset(users[u] for u in registered if u in users)
                 self._acd(acd.Reconcile(live_calls=live, registered_agents=agents), now=now)
-                asyncio.get_running_loop().create_task(self._check_database())
+                self._spawn(self._check_database())
             self._pump()
             await asyncio.sleep(REGISTRATION_POLL_S)
 

@@ -25,6 +25,10 @@ from wire.events import CommandResult, MediaCommand
 
 log = logging.getLogger("kefu.bus")
 
+CLIENT_ID = "kefu-core"
+"""Stable, so the broker keeps the core's session (one core per broker)."""
+SESSION_EXPIRY_S = 300
+
 
 class BrokerUnavailable(RuntimeError):
     pass
@@ -36,7 +40,7 @@ class Bus:
         self._on_message = on_message
         self._client: aiomqtt.Client | None = None
         self._pending: dict[bytes, asyncio.Future[CommandResult]] = {}
-        self._response_topic = f"{codec.PREFIX}/core/{uuid.uuid4().hex[:12]}/response"
+        self._response_topic = f"{codec.PREFIX}/core/{CLIENT_ID}/response"
         self.connected = asyncio.Event()
 
     async def run(self) -> None:
@@ -44,11 +48,18 @@ class Bus:
         backoff = 0.2
         while True:
             try:
+                # A persistent session: worker events published while the core is
+                # briefly away (a broker blip, a keepalive miss) wait for it instead of
+                # being lost with the call state they carry.
+                session = Properties(PacketTypes.CONNECT)
+                session.SessionExpiryInterval = SESSION_EXPIRY_S
                 async with aiomqtt.Client(
                     self.host,
                     self.port,
                     protocol=aiomqtt.ProtocolVersion.V5,
-                    identifier=f"kefu-core-{uuid.uuid4().hex[:8]}",
+                    identifier=CLIENT_ID,
+                    clean_start=False,
+                    properties=session,
                     keepalive=10,
                     max_queued_outgoing_messages=50_000,
                 ) as client:

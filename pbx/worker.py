@@ -929,19 +929,23 @@ class Worker:
                     self._status_if_changed()
                     await client.subscribe(codec.command_topic(self.cfg.worker), qos=1)
                     publisher = asyncio.create_task(self._publish_loop(client))
+                    reader = asyncio.create_task(self._read_commands(client))
                     try:
-                        async for message in client.messages:
-                            props = message.properties
-                            rt = getattr(props, "ResponseTopic", None) if props else None
-                            cd = getattr(props, "CorrelationData", None) if props else None
-                            payload = message.payload
-                            if not isinstance(payload, bytes | bytearray):
-                                payload = str(payload).encode()
-                            self.handle_request(bytes(payload), rt, cd)
+                        # Either one failing (a lost PUBACK kills the publisher while the
+                        # connection looks up) means: reconnect, the outbox is kept.
+                        done, _ = await asyncio.wait(
+                            {publisher, reader}, return_when=asyncio.FIRST_COMPLETED
+                        )
+                        for task in done:
+                            exc = task.exception()
+                            if exc is not None:
+                                raise aiomqtt.MqttError(f"{exc!r}") from exc
+                        raise aiomqtt.MqttError("connection ended")
                     finally:
-                        publisher.cancel()
-                        with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
-                            await publisher
+                        for task in (publisher, reader):
+                            task.cancel()
+                            with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                                await task
             except aiomqtt.MqttError as exc:
                 if self.stopping.is_set():
                     return
@@ -949,6 +953,16 @@ class Worker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), backoff)
             backoff = min(backoff * 2, 5.0)
+
+    async def _read_commands(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            props = message.properties
+            rt = getattr(props, "ResponseTopic", None) if props else None
+            cd = getattr(props, "CorrelationData", None) if props else None
+            payload = message.payload
+            if not isinstance(payload, bytes | bytearray):
+                payload = str(payload).encode()
+            self.handle_request(bytes(payload), rt, cd)
 
     async def _publish_loop(self, client: aiomqtt.Client) -> None:
         while True:

@@ -134,10 +134,10 @@ async def test_a_refused_bridge_hangs_up_both_legs(harness: Harness) -> None:
     assert legs == sorted(["caller-1", dial.leg])
 
 
-async def test_an_agent_answer_for_an_unknown_leg_is_hung_up(harness: Harness) -> None:
-    await harness.send(ev.LegAnswered(worker=W, leg="nobody-knows"))
-    hangup, _ = harness.last(ev.Hangup)
-    assert hangup.leg == "nobody-knows"
+async def test_an_unknown_answered_leg_is_left_alone(harness: Harness) -> None:
+    """A leg this core never saw (it restarted mid-call) is not hung up: calls survive."""
+    await harness.send(ev.LegAnswered(worker=W, leg="from-before-a-restart"))
+    assert harness.commands() == []
 
 
 async def test_worker_loss_ends_its_calls_and_frees_the_agent(harness: Harness) -> None:
@@ -162,3 +162,27 @@ async def test_caller_abandoning_while_the_agent_rings_is_recorded(harness: Harn
     assert row is not None and row.hangup_side == "abandon" and row.answered_at is None
     assert harness.core.acd.agent("alice").state is AgentState.AVAILABLE
     assert "caller-1" not in {c.call_id for c in harness.core.acd.waiting()}
+
+
+async def test_a_record_the_database_refused_is_written_when_it_is_back(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database is away at hang-up: the row is retried, not dropped."""
+    store = harness.core.store
+    real_save, failures = store.save, []
+
+    def flaky_save(record: Any) -> None:
+        if not failures:
+            failures.append(record.call_id)
+            raise ConnectionError("database restarting")
+        real_save(record)
+
+    monkeypatch.setattr(store, "save", flaky_save)
+    await harness.caller_in_queue()
+    await harness.send(ev.LegEnded(worker=W, leg="caller-1", by="remote", sip_code=200, reason=""))
+    for _ in range(100):  # the first retry comes after 1 s
+        await asyncio.sleep(0.05)
+        if (row := store.get("caller-1")) is not None:
+            break
+    assert failures == ["caller-1"]
+    assert row is not None and row.hangup_side == "abandon"
