@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from config.paths import render_path
 from config.schema import ReferenceProblems, Settings
 
 
@@ -27,19 +28,6 @@ def demo_path() -> Path:
     return Path(__file__).resolve().parent / "demo.yaml"
 
 
-def _render_path(loc: tuple[str | int, ...]) -> str:
-    parts: list[str] = []
-    for part in loc:
-        text = str(part)
-        if isinstance(part, int) and parts:
-            parts[-1] += f"[{part}]"
-            continue
-        if not text.replace("_", "").replace("-", "").isalnum() or text.isdigit():
-            text = f'"{text}"'
-        parts.append(text)
-    return ".".join(parts) or "(top level)"
-
-
 def _explain(exc: ValidationError, source: str) -> list[str]:
     lines: list[str] = []
     for err in exc.errors():
@@ -47,7 +35,7 @@ def _explain(exc: ValidationError, source: str) -> list[str]:
         if isinstance(original, ReferenceProblems):
             prefix = tuple(err["loc"])
             for path, message in original.problems:
-                lines.append(f"{source}: {_render_path(prefix + path)}: {message}")
+                lines.append(f"{source}: {render_path(prefix + path)}: {message}")
             continue
         loc = tuple(x for x in err["loc"] if not str(x).startswith("function-"))
         message = err["msg"].removeprefix("Value error, ")
@@ -55,7 +43,7 @@ def _explain(exc: ValidationError, source: str) -> list[str]:
             message = "unknown key (check the spelling)"
         elif err["type"] == "missing":
             message = "required key is missing"
-        lines.append(f"{source}: {_render_path(loc)}: {message}")
+        lines.append(f"{source}: {render_path(loc)}: {message}")
     return lines
 
 

@@ -51,6 +51,7 @@ from wire import events as ev
 log = logging.getLogger("kefu.core")
 
 REGISTRATION_POLL_S = 1.0
+JOURNAL_MAX_BYTES = 256 * 1024 * 1024
 MAX_WRITE_RETRY_S = 30.0
 """A call record that cannot be written (database away) is retried, never dropped."""
 RECONCILE_EVERY = 5
@@ -230,6 +231,15 @@ class Core:
         self.acd.handle(event, now=now)
         # after handle: an event the engine refused (and so ignored) is not replayed
         self._journal.write(journal.dump(event, now) + "\n")
+
+    def _rotate_journal(self) -> None:
+        """Start a new journal file past JOURNAL_MAX_BYTES; old ones keep their data."""
+        if self._journal.tell() < JOURNAL_MAX_BYTES:
+            return
+        self._journal.close()
+        path = self.data_dir / "acd-journal.jsonl"
+        path.rename(path.with_name(f"acd-journal-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"))
+        self._journal = open(path, "a", encoding="utf-8")
 
     def _pump(self) -> None:
         """Carry out everything the engines asked for, then re-arm the one timer."""
@@ -707,6 +717,7 @@ class Core:
             self.registered = registered
             polls += 1
             self._journal.flush()
+            self._rotate_journal()
             if polls % RECONCILE_EVERY == 0:
                 # Self-healing: whatever the engine holds that the media side and the
                 # registrar no longer know about is let go.

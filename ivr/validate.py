@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from config.paths import render_path
 from ivr.schema import (
     ANY_LANGUAGE,
     ConditionNode,
@@ -305,20 +306,6 @@ def _walk(first: str, members: set[str], edges: Mapping[str, list[str]]) -> list
 
 
 # ---------------------------------------------------------------- file shell
-
-
-def render_path(loc: Iterable[str | int]) -> str:
-    """`ivr.main.nodes.menu.options."1"` — the same spelling as `config.loader`."""
-    parts: list[str] = []
-    for part in loc:
-        text = str(part)
-        if isinstance(part, int) and parts:
-            parts[-1] += f"[{part}]"
-            continue
-        if not text.replace("_", "").replace("-", "").isalnum() or text.isdigit():
-            text = f'"{text}"'
-        parts.append(text)
-    return ".".join(parts) or "(top level)"
 
 
 _KINDS = frozenset(

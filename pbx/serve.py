@@ -192,14 +192,17 @@ class Supervisor:
     # -- stop
 
     def stop(self) -> None:
+        """Workers first (they hang up their legs and report it), then the core (which
+        writes those calls' records), then the edge and the broker."""
         self.stopping = True
-        if "core" in self.children:
-            self.children["core"].proc.stop()
-        for name, child in self.children.items():
-            if name != "core":
-                child.proc.signal(signal.SIGTERM)
-        for child in self.children.values():
+        workers = [c for name, c in self.children.items() if name != "core"]
+        for child in workers:
+            child.proc.signal(signal.SIGTERM)
+        for child in workers:
             child.proc.stop(timeout=10)
+        if "core" in self.children:
+            time.sleep(0.5)  # the last LegEnded events reach the core
+            self.children["core"].proc.stop(timeout=15)
         self.edge.stop()
         if self.broker is not None:
             self.broker.stop()

@@ -186,3 +186,21 @@ async def test_a_record_the_database_refused_is_written_when_it_is_back(
             break
     assert failures == ["caller-1"]
     assert row is not None and row.hangup_side == "abandon"
+
+
+async def test_the_journal_rolls_over_and_keeps_every_event(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    core = harness.core
+    monkeypatch.setattr("core.app.JOURNAL_MAX_BYTES", 1)
+    core._journal.flush()
+    core._rotate_journal()
+    await harness.caller_in_queue()
+    core._journal.flush()
+    files = sorted(core.data_dir.glob("acd-journal*.jsonl"))
+    assert len(files) == 2
+    lines = [line for f in files for line in f.read_text().splitlines()]
+    assert [line.split('"type":"')[1].split('"')[0] for line in lines] == [
+        "AgentLoggedIn",
+        "Enqueue",
+    ]
