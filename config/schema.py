@@ -85,7 +85,7 @@ class Broker(_Model):
 class Pbx(_Model):
     workers: int = Field(8, ge=1, le=512)
     worker_base_port: int = Field(5100, ge=1024, le=65000)
-    rtp_base_port: int = Field(20000, ge=1024, le=60000)
+    rtp_base_port: int = Field(20000, ge=1024, le=65534)  # the whole range is checked below
     rtp_ports_per_worker: int = Field(40, ge=8, le=1000)
     max_legs: int = Field(4, ge=2, le=4, description="the pjsua2 wheel holds at most 4 calls")
     clock_rate: Literal[8000, 16000] = 8000
