@@ -37,19 +37,50 @@ def _core(argv: list[str]) -> int:
 
 
 def _config(argv: list[str]) -> int:
-    from config.loader import ConfigError, load
+    from config.loader import ConfigError, demo_path, load
 
-    parser = argparse.ArgumentParser(prog="kefu config")
+    parser = argparse.ArgumentParser(
+        prog="kefu config",
+        description="Validate a kefu configuration, or an IVR flow file (top level `ivr:` "
+        "with flow nodes) against the queues and skills of a configuration.",
+    )
     parser.add_argument("action", choices=["check"])
     parser.add_argument("file", type=Path)
+    parser.add_argument(
+        "--against", type=Path, default=None, help="configuration for a flow file (default: demo)"
+    )
     args = parser.parse_args(argv)
     try:
-        load(args.file)
+        if _is_flow_file(args.file):
+            from ivr.validate import check_file
+
+            settings = load(args.against or demo_path())
+            skills = {s for q in settings.queues.values() for s in q.required}
+            _, problems = check_file(
+                args.file, queues=settings.queues, skills=skills, agents=settings.agents
+            )
+            if problems:
+                raise ConfigError(problems)
+        else:
+            load(args.file)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
     print(f"{args.file}: ok")
     return 0
+
+
+def _is_flow_file(path: Path) -> bool:
+    """A flow file has only `ivr:` at the top and its flows have `nodes`."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return False  # the config loader reports it properly
+    if not isinstance(data, dict) or set(data) != {"ivr"} or not isinstance(data["ivr"], dict):
+        return False
+    return all(isinstance(f, dict) and "nodes" in f for f in data["ivr"].values())
 
 
 def main(argv: list[str] | None = None) -> int:
