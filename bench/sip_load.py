@@ -51,7 +51,9 @@ def live_legs(center: Center) -> int:
     return sum(int(w["legs"]) for w in workers.values())
 
 
-def settle(center: Center, timeout: float = 60) -> None:
+def settle(center: Center, timeout: float = 90) -> None:
+    """Until every leg is gone; callers SIPp was stopped mid-call (a saturated box) end
+    by the workers' RTP timeout (60 s)."""
     wait_until(lambda: live_legs(center) == 0, timeout, "all legs to end", interval=0.5)
 
 

@@ -89,6 +89,9 @@ class Pbx(_Model):
     rtp_ports_per_worker: int = Field(40, ge=8, le=1000)
     max_legs: int = Field(4, ge=2, le=4, description="the pjsua2 wheel holds at most 4 calls")
     clock_rate: Literal[8000, 16000] = 8000
+    rtp_timeout_s: float = Field(
+        60.0, ge=0, le=3600, description="hang up a leg that sends no RTP this long (0: never)"
+    )
 
     @property
     def trunk_calls_per_worker(self) -> int:

@@ -53,6 +53,7 @@ def worker_argv(settings: Settings, worker_id: int) -> list[str]:
         "--max-legs", str(pbx.max_legs),
         "--clock-rate", str(pbx.clock_rate),
         "--edge", f"{settings.edge.sip_host}:{settings.edge.sip_port}",
+        "--rtp-timeout", str(pbx.rtp_timeout_s),
     ]  # fmt: skip
 
 

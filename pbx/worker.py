@@ -149,6 +149,9 @@ class Leg:
     ringing_sent: bool = False
     local_end: bool = False
     rtp: tuple[int, int, int] = (0, 0, 0)
+    rx_seen: int = 0
+    """rx packet count at `rx_since` (for the RTP timeout)."""
+    rx_since: float = 0.0
     player: Player | None = None
     play: Play | None = None
     pending_play: Play | None = None
@@ -170,6 +173,8 @@ class WorkerConfig:
     broker_port: int = 1883
     max_legs: int = 4
     clock_rate: int = 8000
+    rtp_timeout_s: float = 60.0
+    """Hang up an answered leg that received no RTP for this long (0: never)."""
     edge: str = ""
     pj_log_level: int = 1
 
@@ -279,11 +284,26 @@ class Worker:
             self._check_record(leg, now)
         if now - self.last_stats >= STATS_EVERY_S:
             self.last_stats = now
-            for leg in self.legs.values():
+            for leg in list(self.legs.values()):
                 if leg.media_active:
                     self._snapshot(leg)
+                    self._check_rtp(leg, now)
         self._reap(now)
         self._status_if_changed()
+
+    def _check_rtp(self, leg: Leg, now: float) -> None:
+        # A far end that vanished without a BYE (crashed trunk, lost network) would
+        # hold the leg, and a worker slot, for ever: no RTP for rtp_timeout_s ends it.
+        # Legs on hold are not media_active and never get here.
+        if leg.state is not LegState.UP or not self.cfg.rtp_timeout_s:
+            return
+        if leg.rtp[0] != leg.rx_seen:
+            leg.rx_seen, leg.rx_since = leg.rtp[0], now
+        elif leg.rx_since == 0.0:
+            leg.rx_since = now
+        elif now - leg.rx_since >= self.cfg.rtp_timeout_s:
+            log.warning("leg %s: no RTP for %.0f s, hanging up", leg.id, now - leg.rx_since)
+            self._hangup_leg(leg, 0)
 
     def _snapshot(self, leg: Leg) -> None:
         snap = rtp_snapshot(leg.call)
@@ -1118,6 +1138,12 @@ def parse_args(argv: Sequence[str] | None) -> tuple[WorkerConfig, str]:
     p.add_argument("--max-legs", type=int, default=4, choices=range(1, 5))
     p.add_argument("--clock-rate", type=int, default=8000, choices=(8000, 16000))
     p.add_argument("--edge", default="", help="HOST:PORT of the Kamailio edge (informational)")
+    p.add_argument(
+        "--rtp-timeout",
+        type=float,
+        default=60.0,
+        help="seconds without RTP before hang-up (0: off)",
+    )
     p.add_argument("--log-level", default="INFO", help="DEBUG also turns on PJSIP logs")
     a = p.parse_args(argv)
     cfg = WorkerConfig(
@@ -1129,6 +1155,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[WorkerConfig, str]:
         broker_port=a.broker_port,
         max_legs=a.max_legs,
         clock_rate=a.clock_rate,
+        rtp_timeout_s=a.rtp_timeout,
         edge=a.edge,
         pj_log_level=4 if a.log_level.upper() == "DEBUG" else 1,
     )

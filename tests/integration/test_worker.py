@@ -139,7 +139,7 @@ async def bus(broker: int, worker: int = WORKER_ID) -> AsyncIterator[Bus]:
 
 
 class WorkerProc:
-    def __init__(self, tmp: Path, broker: int, *, max_legs: int = 4):
+    def __init__(self, tmp: Path, broker: int, *, max_legs: int = 4, rtp_timeout_s: float = 60):
         self.sip_port = free_port()
         self.rtp_port = free_port(span=16)
         argv = [
@@ -148,6 +148,7 @@ class WorkerProc:
             "--rtp-ports", "16", "--broker-host", "127.0.0.1",
             "--broker-port", str(broker), "--max-legs", str(max_legs),
             "--clock-rate", "8000", "--edge", "127.0.0.1:5060", "--log-level", "INFO",
+            "--rtp-timeout", str(rtp_timeout_s),
         ]  # fmt: skip
         self.proc = ManagedProcess(
             "worker",
@@ -884,3 +885,32 @@ def test_bridge_without_hangup_together_keeps_the_caller(
         assert code == 0, f"sipp phone failed:\n{phone.log_tail(40)}"
     finally:
         phone.stop()
+
+
+def test_a_far_end_that_sends_no_rtp_is_hung_up_after_the_rtp_timeout(
+    tmp_path: Path, broker: int
+) -> None:
+    """A caller that vanished without BYE (here: never sends RTP) frees its slot."""
+    worker = WorkerProc(tmp_path, broker, rtp_timeout_s=3)
+    worker.proc.start()
+    uac = RawInvite(worker.sip_port)
+
+    async def scenario() -> None:
+        async with bus(broker) as b:
+            await ready(b, worker)
+            uac.invite()
+            leg = (await b.event(LegIncoming, sip_call_id=uac.call_id)).leg
+            await b.ok(Answer(leg=leg))
+            await asyncio.to_thread(uac.answered)
+            answered_at = time.monotonic()
+            await b.event(LegAnswered, leg=leg)
+            ended = await b.event(LegEnded, leg=leg, within=10)
+            assert ended.by == "local" and ended.rtp.rx_packets == 0, ended
+            assert 2.5 <= time.monotonic() - answered_at <= 6.0
+
+    try:
+        asyncio.run(scenario())
+        assert "no RTP for" in worker.log()
+    finally:
+        uac.close()
+        assert worker.proc.stop(timeout=8) == 0
