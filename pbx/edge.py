@@ -263,8 +263,9 @@ class WorkerState:
 class Edge:
     """One Kamailio edge process and a small client for its RPC port."""
 
-    def __init__(self, kamailio: str = KAMAILIO) -> None:
+    def __init__(self, kamailio: str = KAMAILIO, *, die_with_parent: bool = False) -> None:
         self.kamailio = kamailio
+        self.die_with_parent = die_with_parent
         self.proc: ManagedProcess | None = None
         self.files: EdgeFiles | None = None
         self.host = "127.0.0.1"
@@ -298,7 +299,12 @@ class Edge:
         check_config(self.files, self.kamailio)
         self.host, self.sip_port, self.rpc_port = edge.sip_host, edge.sip_port, edge.rpc_port
         self.realm = edge.sip_host
-        proc = ManagedProcess("kamailio", self.files.argv(self.kamailio), log_path).start()
+        proc = ManagedProcess(
+            "kamailio",
+            self.files.argv(self.kamailio),
+            log_path,
+            die_with_parent=self.die_with_parent,
+        ).start()
         self.proc = proc
         try:
             wait_until(

@@ -8,6 +8,7 @@ every port is checked free (UDP and TCP) before anything is started on it.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import socket
@@ -84,12 +85,21 @@ class ManagedProcess:
     """One child process in its own process group, logged to a file, stopped by PID."""
 
     def __init__(
-        self, name: str, argv: Sequence[str], log_path: Path, env: dict[str, str] | None = None
+        self,
+        name: str,
+        argv: Sequence[str],
+        log_path: Path,
+        env: dict[str, str] | None = None,
+        *,
+        die_with_parent: bool = False,
     ):
         self.name = name
         self.argv = list(argv)
         self.log_path = log_path
         self.env = env
+        self.die_with_parent = die_with_parent
+        """SIGTERM the child if its parent dies, even by SIGKILL (Linux PR_SET_PDEATHSIG):
+        each child runs in its own session, so nothing else would stop it."""
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> ManagedProcess:
@@ -103,6 +113,7 @@ class ManagedProcess:
                 stdin=subprocess.DEVNULL,
                 env={**os.environ, **(self.env or {})},
                 start_new_session=True,
+                preexec_fn=_terminate_with_parent if self.die_with_parent else None,
             )
         finally:
             log.close()
@@ -145,6 +156,19 @@ class ManagedProcess:
             return ""
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def _terminate_with_parent() -> None:
+    """Runs in the child between fork and exec: ask the kernel for SIGTERM when the
+    parent goes. Only the supervisor uses it (it has no other threads at that point)."""
+    parent = os.getppid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
+
+
 def mosquitto_config(port: int, data_dir: Path) -> Path:
     """A loopback-only, anonymous broker config (the demo and the tests)."""
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -159,10 +183,15 @@ def mosquitto_config(port: int, data_dir: Path) -> Path:
     return conf
 
 
-def start_mosquitto(port: int, data_dir: Path, log_path: Path) -> ManagedProcess:
+def start_mosquitto(
+    port: int, data_dir: Path, log_path: Path, *, die_with_parent: bool = False
+) -> ManagedProcess:
     require_free({"broker": port})
     proc = ManagedProcess(
-        "mosquitto", ["/usr/sbin/mosquitto", "-c", str(mosquitto_config(port, data_dir))], log_path
+        "mosquitto",
+        ["/usr/sbin/mosquitto", "-c", str(mosquitto_config(port, data_dir))],
+        log_path,
+        die_with_parent=die_with_parent,
     ).start()
     try:
         wait_until(lambda: tcp_listening(port) or not proc.alive(), 10, f"mosquitto on {port}")

@@ -65,7 +65,7 @@ class Supervisor:
         self.logs = data_dir / "logs"
         self.run_dir = data_dir / "run"
         self.broker: ManagedProcess | None = None
-        self.edge = Edge()
+        self.edge = Edge(die_with_parent=True)
         self.children: dict[str, Child] = {}
         self.stopping = False
         self.peer_retry_at = 0.0
@@ -95,7 +95,10 @@ class Supervisor:
         self.check_ports()
         if self.settings.broker.embedded:
             self.broker = start_mosquitto(
-                self.settings.broker.port, self.run_dir, self.logs / "mosquitto.log"
+                self.settings.broker.port,
+                self.run_dir,
+                self.logs / "mosquitto.log",
+                die_with_parent=True,
             )
             print(f"broker: mosquitto on 127.0.0.1:{self.settings.broker.port}", flush=True)
         self.edge.start(self.settings, self.run_dir, self.logs / "kamailio.log")
@@ -112,7 +115,7 @@ class Supervisor:
         )  # fmt: skip
 
     def _spawn(self, name: str, argv: list[str]) -> None:
-        proc = ManagedProcess(name, argv, self.logs / f"{name}.log").start()
+        proc = ManagedProcess(name, argv, self.logs / f"{name}.log", die_with_parent=True).start()
         self.children[name] = Child(proc=proc, started_at=time.monotonic())
 
     # -- health
@@ -175,7 +178,10 @@ class Supervisor:
             if self.broker is not None and not self.broker.alive():
                 print("mosquitto exited; restarting", file=sys.stderr, flush=True)
                 self.broker = start_mosquitto(
-                    self.settings.broker.port, self.run_dir, self.logs / "mosquitto.log"
+                    self.settings.broker.port,
+                    self.run_dir,
+                    self.logs / "mosquitto.log",
+                    die_with_parent=True,
                 )
             if not self.edge.alive():
                 print("kamailio exited; restarting", file=sys.stderr, flush=True)
