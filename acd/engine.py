@@ -802,7 +802,8 @@ class AcdEngine:
                 return "skill", f"lacks {skill}"
             if have < need:
                 return "proficiency", f"{skill} {have} < {need}"
-        if call.language is not None and call.language not in agent.spec.languages:
+        languages = agent.spec.languages  # none listed: the agent takes any language
+        if call.language is not None and languages and call.language not in languages:
             return "language", f"does not speak {call.language}"
         return None
 

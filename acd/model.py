@@ -120,6 +120,7 @@ class AgentSpec:
     skills: Mapping[str, int] | frozenset[str]
     """Skill -> proficiency 1-5; a bare set means proficiency 1 for each."""
     languages: frozenset[str] = frozenset()
+    """Languages of the calls the agent takes; empty: any language."""
     no_answer_limit: int = 2
     """Consecutive offers not answered before the agent is set away (`no_answer`)."""
     levels: Mapping[str, int] = field(init=False, repr=False, compare=False)

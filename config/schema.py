@@ -1,23 +1,33 @@
 """The shape of a kefu configuration file, validated once at load.
 
-Every section of `config/demo.yaml` has a model here. Cross-references (a DID that
-names an IVR, an IVR option that names a queue, an agent skill that no queue uses)
-are checked in `Settings._check_references`, so a typo is caught before a single call
-sees it. `config.loader` turns validation errors into `file: path: expectation` lines.
+Every section of `config/demo.yaml` has a model here; call flows are `ivr.schema.Flow`
+(inline under `ivr:` or in `flow_files`). Cross-references (a DID that names a flow, a
+flow node that names a queue or skill, an agent skill that no queue uses) are checked
+in `Settings._check_references`, so a typo is caught before a single call sees it.
+`config.loader` turns validation errors into `file: path: expectation` lines.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import re
 from pathlib import Path
 from typing import Annotated, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+
+from ivr.schema import Flow
+from ivr.validate import validate_flows
 
 SipUser = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.+-]{1,64}$")]
 Digits = Annotated[str, StringConstraints(pattern=r"^[0-9*#]{1,32}$")]
-Digit = Annotated[str, StringConstraints(pattern=r"^[0-9*#]$")]
-"""One key: a menu option is chosen by a single DTMF digit."""
 Host = Annotated[
     str, StringConstraints(pattern=r"^[A-Za-z0-9]([A-Za-z0-9.:-]{0,252}[A-Za-z0-9])?$")
 ]
@@ -43,9 +53,56 @@ class Prompt(_Model):
         return self
 
 
+_HOST_PORT = re.compile(r"^(?P<host>[A-Za-z0-9.-]+)(?::(?P<port>[0-9]{1,5}))?$")
+_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+
+
+def host_port(value: str, default_port: int = 5060) -> tuple[str, int]:
+    """`host` or `host:port` (IPv4 address or host name) -> (host, port).
+
+    A ValueError says what is wrong; the result is written into the edge's config."""
+    match = _HOST_PORT.match(value)
+    if match is None:
+        if value.startswith(("sip:", "sips:")):
+            hint = " (without the 'sip:' scheme)"
+        elif value.count(":") > 1:
+            hint = " (IPv6 addresses are not supported)"
+        else:
+            hint = ""
+        raise ValueError(f"{value!r} is not host or host:port{hint}, e.g. 203.0.113.5:5060")
+    host, port = match["host"], match["port"]
+    where = "" if port is None else f" in {value!r}"
+    if re.fullmatch(r"[0-9.]+", host):
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            raise ValueError(f"{host!r}{where} is not an IPv4 address") from None
+    elif not all(_LABEL.match(label) for label in host.split(".")):
+        raise ValueError(f"{host!r}{where} is not a host name")
+    number = default_port if port is None else int(port)
+    if not 1 <= number <= 65535:
+        raise ValueError(f"port {number} in {value!r} is not between 1 and 65535")
+    return host, number
+
+
 class Trunk(_Model):
     name: Name
     allow: list[str] = Field(min_length=1, description="source IPs or CIDR networks")
+    outbound: str | None = Field(
+        None,
+        description="where calls out through this trunk go: host or host:port (port 5060 "
+        "when left out); None: the trunk only brings calls in",
+    )
+    outbound_prefix: str = Field(
+        "", pattern=r"^[0-9]{0,16}$", description="digits put before every number dialled out"
+    )
+
+    @field_validator("outbound")
+    @classmethod
+    def _outbound(cls, value: str | None) -> str | None:
+        if value is not None:
+            host_port(value)
+        return value
 
     @model_validator(mode="after")
     def _networks(self) -> Self:
@@ -54,7 +111,17 @@ class Trunk(_Model):
                 ipaddress.ip_network(entry, strict=False)
             except ValueError as exc:
                 raise ValueError(f"allow: {entry!r} is not an IP address or network") from exc
+        if self.outbound_prefix and self.outbound is None:
+            raise ValueError("outbound_prefix: the trunk has no 'outbound' address to dial out to")
         return self
+
+    @property
+    def outbound_address(self) -> str | None:
+        """`host:port` that calls out through this trunk go to; None if there is none."""
+        if self.outbound is None:
+            return None
+        host, port = host_port(self.outbound)
+        return f"{host}:{port}"
 
 
 class Edge(_Model):
@@ -72,6 +139,27 @@ class Edge(_Model):
         description="registrations live in the edge's memory: after an edge restart, "
         "phones are back at their next refresh, at most this long",
     )
+
+    @model_validator(mode="after")
+    def _trunk_names(self) -> Self:
+        # The edge picks an outbound trunk by name (`;trunk=<name>`): names must be unique,
+        # and an outbound address that is the edge itself would loop.
+        problems: list[tuple[tuple[str | int, ...], str]] = []
+        seen: set[str] = set()
+        for i, trunk in enumerate(self.trunks):
+            if trunk.name in seen:
+                problems.append((("trunks", i, "name"), f"trunk {trunk.name!r} is named twice"))
+            seen.add(trunk.name)
+            if trunk.outbound_address == f"{self.sip_host}:{self.sip_port}":
+                problems.append(
+                    (
+                        ("trunks", i, "outbound"),
+                        f"{trunk.outbound!r} is the edge itself: calls would loop",
+                    )
+                )
+        if problems:
+            raise ReferenceProblems(problems)
+        return self
 
 
 class Broker(_Model):
@@ -116,7 +204,9 @@ class Agent(_Model):
     password: str = Field(min_length=8)
     name: str | None = None
     skills: dict[Name, Proficiency] = Field(min_length=1)
-    languages: list[str] = Field(default_factory=list, description="calls in these languages")
+    languages: list[str] = Field(
+        default_factory=list, description="calls in these languages; empty: any language"
+    )
     auto_available: bool = False
     no_answer_limit: int = Field(
         2, ge=1, le=20, description="offers missed in a row before the agent is set away"
@@ -210,23 +300,9 @@ class Queue(_Model):
         return self
 
 
-class MenuOption(_Model):
-    queue: Name
-
-
-class Menu(_Model):
-    """A one-level DTMF menu: prompt, wait, repeat on timeout, message on a wrong digit."""
-
-    prompt: Prompt
-    options: dict[Digit, MenuOption] = Field(min_length=1)
-    timeout_s: float = Field(5.0, gt=0, le=120)
-    max_retries: int = Field(3, ge=0, le=20)
-    invalid: Prompt = Prompt(text="Sorry, that is not a valid choice.")
-    goodbye: Prompt = Prompt(text="Goodbye.")
-
-
 class Did(_Model):
     ivr: Name
+    """The call flow (a name under `ivr:`) that answers calls to this number."""
 
 
 class CallPriority(_Model):
@@ -265,30 +341,33 @@ class Settings(_Model):
     )
     agents: dict[Name, Agent] = Field(min_length=1)
     queues: dict[Name, Queue] = Field(min_length=1)
-    ivr: dict[Name, Menu] = Field(min_length=1)
+    flow_files: list[Path] = Field(
+        [],
+        description="files of call flows (top level `ivr:`), relative to this file; "
+        "their flows join the ones written under `ivr:` here",
+    )
+    ivr: dict[Name, Flow] = Field({}, description="call flows by name (see ivr.schema)")
     dids: dict[Digits, Did] = Field(min_length=1)
 
     @model_validator(mode="after")
     def _check_references(self) -> Self:
         problems: list[tuple[tuple[str | int, ...], str]] = []
         queue_names = ", ".join(sorted(self.queues))
-        for menu_name, menu in self.ivr.items():
-            for digit, option in menu.options.items():
-                if option.queue not in self.queues:
-                    problems.append(
-                        (
-                            ("ivr", menu_name, "options", digit, "queue"),
-                            f"unknown queue {option.queue!r} (queues: {queue_names})",
-                        )
-                    )
-        ivr_names = ", ".join(sorted(self.ivr))
+        ivr_names = ", ".join(sorted(self.ivr)) or "none"
+        if not self.ivr:
+            problems.append((("ivr",), "no call flow: write one under ivr: or in flow_files"))
         for did, target in self.dids.items():
             if target.ivr not in self.ivr:
                 problems.append(
-                    (("dids", did, "ivr"), f"unknown IVR {target.ivr!r} (ivr: {ivr_names})")
+                    (("dids", did, "ivr"), f"unknown IVR flow {target.ivr!r} (ivr: {ivr_names})")
                 )
         skills = {s for q in self.queues.values() for s in q.required}
-        menu_names = ", ".join(sorted(self.ivr))
+        problems += [
+            (("ivr", *where), message)
+            for where, message in validate_flows(
+                self.ivr, queues=self.queues, skills=skills, agents=self.agents
+            )
+        ]
         for queue_name, queue in self.queues.items():
             spill = queue.overflow
             if spill is None:
@@ -315,7 +394,7 @@ class Settings(_Model):
             elif spill.kind == "queue":
                 problems.append((where, f"name the queue to overflow to (queues: {queue_names})"))
             elif spill.kind == "ivr" and spill.target not in self.ivr:
-                problems.append((where, f"unknown IVR {spill.target!r} (ivr: {menu_names})"))
+                problems.append((where, f"unknown IVR flow {spill.target!r} (ivr: {ivr_names})"))
         users: dict[str, str] = {}
         for agent_id, agent in self.agents.items():
             if agent.sip_user in users:

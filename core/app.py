@@ -1,15 +1,24 @@
 """The core process (`kefu core`): every decision about a call, no media.
 
-It listens to the media workers over MQTT, feeds the pure IVR and queue engines with
-what happened, carries out their commands on the worker that holds the caller, and
-writes the record of each call through SQLAlchemy. One asyncio timer is re-armed from
-the engines' `next_deadline()`. Agent presence comes from the edge's registrar (polled
-over Kamailio's JSON-RPC), so an agent whose phone registers becomes available when
+It listens to the media workers over MQTT, feeds the pure IVR flow engine
+(`ivr.engine`) and queue engine (`acd.engine`) with what happened, carries out their
+commands on the worker that holds the caller, and writes the record of each call
+through SQLAlchemy. One asyncio timer is re-armed from both engines' `next_deadline()`
+(the flow engine runs on wall-clock time for business hours, the queue engine on the
+loop's monotonic clock). Agent presence comes from the edge's registrar (polled over
+Kamailio's JSON-RPC), so an agent whose phone registers becomes available when
 `auto_available` is set.
 
+How flow commands become media (see `_do_flow`): prompts are `Play` (`Collect` with
+barge-in; a spoken menu then `Record`s the caller and runs vosk in a thread),
+`Enqueue` joins the queue engine with music on hold, `RecordVoicemail` is `Record`
+filed as a ticket, `Transfer` dials an agent or the trunk and bridges, `StoreSurvey`
+and `FlowEnded` land in the call's row. `kefu config reload` (or SIGHUP) loads new
+flows for new calls; running calls finish on the version they started with.
+
 Neighbours: `core.bus` (MQTT), `ivr.engine`, `acd.engine`, `crm_link.store` (SQL),
-`recording` (prompts, paths), `softphone_web.app` (HTTP health and live views),
-`pbx.edge` (registrations).
+`recording` (prompts, paths, speech), `softphone_web.app` (HTTP), `pbx.edge`
+(registrations, trunk URIs).
 """
 
 from __future__ import annotations
@@ -20,6 +29,8 @@ import dataclasses
 import functools
 import json
 import logging
+import math
+import os
 import signal
 import time
 import uuid
@@ -36,14 +47,17 @@ import uvicorn
 from acd import engine as acd
 from acd import journal
 from acd.build import specs_from_settings
+from config.loader import ConfigError, load
 from config.schema import Settings
 from core.bus import BrokerUnavailable, Bus
 from crm_link.demo import demo_customers
 from crm_link.models import CallRecord
 from crm_link.store import CallStore, CustomerCard, database_url
-from ivr import engine as ivr
-from pbx.edge import Edge
+from ivr import events as flow
+from ivr.engine import FlowEngine
+from pbx.edge import Edge, trunk_uri
 from recording import prompts
+from recording.speech import SpeechModel, SpeechUnavailable
 from recording.storage import recording_path, repair_wav
 from softphone_web.app import create_app
 from wire import events as ev
@@ -56,6 +70,11 @@ MAX_WRITE_RETRY_S = 30.0
 """A call record that cannot be written (database away) is retried, never dropped."""
 RECONCILE_EVERY = 5
 """Registration polls between two reconciliations of the queue engine."""
+SPEECH_MARGIN_S = 1.0
+"""A spoken answer is recorded for the menu's timeout minus this, so the recogniser's
+answer (about 0.2-0.5 s for a short grammar) reaches the flow before its timeout."""
+TRANSFER_RING_S = 30.0
+"""How long a transfer target may ring before the transfer counts as failed."""
 
 
 @dataclass
@@ -82,17 +101,37 @@ class Call:
     caller_rtp: ev.RtpCounters = field(default_factory=ev.RtpCounters)
     agent_rtp: ev.RtpCounters = field(default_factory=ev.RtpCounters)
     caller_ended: bool = False
+    agent_ended: bool = False
+    """The agent left first and the caller stayed (for a survey)."""
     customer: CustomerCard | None = None
-    """The CRM's card for the caller, looked up while the IVR plays."""
+    """The CRM's card for the caller, looked up as the call arrives."""
     routing: list[dict[str, Any]] = field(default_factory=list)
     """The queue engine's decision trace for each offer of this call."""
     prompt_seq: dict[str, int] = field(default_factory=dict)
-    """play_id -> IVR prompt sequence number"""
+    """play_id -> flow prompt sequence number"""
+    # -- what the IVR did
+    flow: str = ""
+    language: str = ""
+    variables: dict[str, str] = field(default_factory=dict)
+    timeline: list[dict[str, Any]] = field(default_factory=list)
+    survey: dict[str, int | None] = field(default_factory=dict)
+    keep_caller: bool = False
+    """The flow goes on (a survey) when the agent hangs up: bridge without hangup_together."""
+    speech: tuple[int, tuple[str, ...], float] | None = None
+    """(flow seq, phrases, seconds) of the spoken menu waiting for its prompt to end."""
+    recording_input: str | None = None
+    """record_id of a `Record` running on the caller leg (speech or voicemail)."""
+    voicemail: str | None = None
+    voicemail_duration_s: float | None = None
+    voicemail_ticket: str | None = None
+    transfer_to: str | None = None
+    callback_number: str | None = None
 
     def record(self) -> CallRecord:
         def ts(value: float | None) -> datetime | None:
             return None if value is None else datetime.fromtimestamp(value, tz=UTC)
 
+        survey = self.survey
         return CallRecord(
             call_id=self.call_id,
             sip_call_id=self.sip_call_id,
@@ -115,38 +154,42 @@ class Call:
             caller_rtp_tx=self.caller_rtp.tx_packets,
             agent_rtp_rx=self.agent_rtp.rx_packets,
             agent_rtp_tx=self.agent_rtp.tx_packets,
+            ivr_path=json.dumps(self.timeline, ensure_ascii=False) if self.timeline else None,
+            variables=json.dumps(self.variables, ensure_ascii=False) if self.variables else None,
+            survey_csat=survey.get("csat"),
+            survey_nps=survey.get("nps"),
+            survey_answers=json.dumps(survey) if survey else None,
+            flow=self.flow or None,
+            language=self.language or None,
+            customer_id=self.customer.customer_id if self.customer else None,
+            voicemail_path=self.voicemail,
+            voicemail_duration_s=self.voicemail_duration_s,
+            voicemail_ticket=self.voicemail_ticket,
+            transfer_to=self.transfer_to,
+            callback_number=self.callback_number,
         )
 
 
 class Core:
-    def __init__(self, settings: Settings, data_dir: Path, config_dir: Path) -> None:
+    def __init__(self, settings: Settings, data_dir: Path, config_path: Path) -> None:
         self.settings = settings
         self.data_dir = data_dir
-        self.config_dir = config_dir
+        self.config_path = config_path
+        self.config_dir = config_path.parent
         self.store = CallStore(database_url(settings.database.url, data_dir))
         # One writer thread: saves of the same call (at hang-up, then with its
         # recording) must not race each other into two INSERTs.
         self._sql = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sql")
         self.edge = Edge.attach(settings)
         self.bus = Bus(settings.broker.host, settings.broker.port, self.on_event)
-        self.ivr = ivr.IvrEngine(
-            {
-                name: ivr.MenuSpec(
-                    name,
-                    {d: o.queue for d, o in menu.options.items()},
-                    menu.timeout_s,
-                    menu.max_retries,
-                )
-                for name, menu in settings.ivr.items()
-            }
-        )
+        self.ivr = FlowEngine(settings.ivr, version=1)
         self.acd = acd.AcdEngine(*specs_from_settings(settings))
         # Every input the queue engine sees, one JSON line each: `kefu acd replay`
         # re-runs it against a candidate policy.
         self._journal = open(data_dir / "acd-journal.jsonl", "a", encoding="utf-8")
         self.calls: dict[str, Call] = {}
         self.legs: dict[str, tuple[str, str]] = {}
-        """leg id -> (call id, 'caller' | 'agent')"""
+        """leg id -> (call id, 'caller' | 'agent' | 'transfer')"""
         self.workers: dict[int, ev.WorkerStatus] = {}
         self.registered: dict[str, str] = {}
         self.edge_ok = False
@@ -156,16 +199,21 @@ class Core:
         self._outbox: asyncio.Queue[tuple[int, ev.MediaCommand, Any]] = asyncio.Queue()
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._speech: SpeechModel | None = None
+        self._speech_phrases: dict[tuple[str, int], tuple[str, ...]] = {}
+        """(call id, flow seq) -> the grammar of a spoken answer being recorded"""
+        self._positions: dict[str, tuple[int, float | None]] = {}
+        """call id -> the last (position, wait) told to the flow engine"""
         self.started_at = time.time()
 
     # ------------------------------------------------------------------ set-up
 
     def render_prompts(self) -> None:
+        """Every prompt of the current flows and every queue's music, as WAV files."""
         cache = self.data_dir / "prompts"
-        for name, menu in self.settings.ivr.items():
-            for which in ("prompt", "invalid", "goodbye"):
-                path = prompts.resolve(getattr(menu, which), cache, self.config_dir)
-                self.prompt_files[f"ivr.{name}.{which}"] = str(path)
+        for key, prompt in self.ivr.prompt_catalog().items():
+            if key not in self.prompt_files:
+                self.prompt_files[key] = str(prompts.resolve(prompt, cache, self.config_dir))
         default_moh = (
             prompts.resolve(self.settings.music_on_hold, cache, self.config_dir)
             if self.settings.music_on_hold
@@ -179,6 +227,7 @@ class Core:
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
         await asyncio.to_thread(self.render_prompts)
+        await asyncio.to_thread(self._load_speech)
         await self._check_database()
         if self.settings.demo_customers:
             seeded = await asyncio.to_thread(self.store.seed, *demo_customers())
@@ -203,6 +252,7 @@ class Core:
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             self._loop.add_signal_handler(sig, stop.set)
+        self._loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self._reload_logged()))
         log.info("core running; HTTP on %s:%d", self.settings.http.host, self.settings.http.port)
         waiter = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
@@ -221,16 +271,49 @@ class Core:
         self._sql.shutdown(wait=True)  # the last records reach the database
         self.store.close()
 
+    # ------------------------------------------------------------------ reload
+
+    async def reload_flows(self) -> dict[str, Any]:
+        """Load the configuration file again and run its flows for new calls.
+
+        Only the flows change (queues, agents and ports need a restart). A file with
+        any problem changes nothing: the errors are returned, `file: path: problem`.
+        """
+        try:
+            settings = await asyncio.to_thread(load, self.config_path)
+        except ConfigError as exc:
+            return {"ok": False, "errors": exc.lines}
+        version = (self.ivr.current_version or 0) + 1
+        self.ivr.load_flows(settings.ivr, version=version)
+        try:
+            await asyncio.to_thread(self.render_prompts)
+            await asyncio.to_thread(self._load_speech)
+        except prompts.PromptError as exc:
+            log.error("reloaded flows have a prompt that cannot be rendered: %s", exc)
+        self.settings = self.settings.model_copy(update={"ivr": settings.ivr})
+        log.info("flows reloaded: version %d (%s)", version, ", ".join(sorted(settings.ivr)))
+        return {"ok": True, "version": version, "flows": sorted(settings.ivr)}
+
+    async def _reload_logged(self) -> None:
+        result = await self.reload_flows()
+        if not result["ok"]:
+            log.error("reload refused; flows unchanged:\n%s", "\n".join(result["errors"]))
+
     # ------------------------------------------------------------------ clock
 
     def now(self) -> float:
+        """The queue engine's clock (monotonic); the flow engine runs on `time.time()`."""
         assert self._loop is not None
         return self._loop.time()
 
-    def _acd(self, event: acd.AcdEvent, *, now: float) -> None:
+    def _acd(self, event: acd.AcdEvent, *, now: float | None = None) -> None:
+        now = self.now() if now is None else now
         self.acd.handle(event, now=now)
         # after handle: an event the engine refused (and so ignored) is not replayed
         self._journal.write(journal.dump(event, now) + "\n")
+
+    def _flow(self, event: flow.FlowEvent) -> None:
+        self.ivr.handle(event, now=time.time())
 
     def _rotate_journal(self) -> None:
         """Start a new journal file past JOURNAL_MAX_BYTES; old ones keep their data."""
@@ -247,7 +330,7 @@ class Core:
             progressed = False
             while (icmd := self.ivr.next_command()) is not None:
                 progressed = True
-                self._do_ivr(icmd)
+                self._do_flow(icmd)
             while (acmd := self.acd.next_command()) is not None:
                 progressed = True
                 self._do_acd(acmd)
@@ -259,17 +342,27 @@ class Core:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        deadlines = [
-            d for d in (self.ivr.next_deadline(), self.acd.next_deadline()) if d is not None
-        ]
-        if deadlines and self._loop is not None:
+        if self._loop is None:
+            return
+        deadlines = []
+        if (flow_at := self.ivr.next_deadline()) is not None:
+            deadlines.append(self.now() + max(0.0, flow_at - time.time()))
+        if (acd_at := self.acd.next_deadline()) is not None:
+            deadlines.append(acd_at)
+        if deadlines:
             self._timer = self._loop.call_at(min(deadlines), self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
-        now = self.now()
-        self.ivr.handle_timer(now=now)
-        self.acd.handle_timer(now=now)
+        # A defect in one engine must not stop the other's timers (nor its own later ones).
+        try:
+            self.ivr.handle_timer(now=time.time())
+        except Exception:
+            log.exception("flow engine timer failed")
+        try:
+            self.acd.handle_timer(now=self.now())
+        except Exception:
+            log.exception("queue engine timer failed")
         self._pump()
 
     # ------------------------------------------------------------------ media events
@@ -290,6 +383,7 @@ class Core:
             ev.PlaybackFinished: self._playback_finished,
             ev.LegEnded: self._leg_ended,
             ev.RecordingFinished: self._recording_finished,
+            ev.LegRecorded: self._leg_recorded,
         }.get(type(event))
         if handler is not None:
             handler(event)
@@ -308,6 +402,7 @@ class Core:
             caller=e.caller,
             did=e.did,
             arrived_at=time.time(),
+            flow=target.ivr,
         )
         self.calls[call.call_id] = call
         self.legs[e.leg] = (call.call_id, "caller")
@@ -328,13 +423,17 @@ class Core:
     async def _look_up_caller(self, call: Call) -> None:
         """The CRM card, fetched while the IVR plays; it feeds the call's priority."""
         try:
-            call.customer = await asyncio.get_running_loop().run_in_executor(
+            card = await asyncio.get_running_loop().run_in_executor(
                 self._sql, self.store.lookup, "caller", call.caller
             )
         except Exception:
             log.exception("CRM look-up of %s failed; routing without it", call.caller)
+            return
+        if call.customer is None:
+            call.customer = card
 
     def _priority(self, call: Call) -> int:
+        """What the CRM adds to a call's priority (`priority:` in the configuration)."""
         card, rules = call.customer, self.settings.priority
         if card is None:
             return 0
@@ -344,12 +443,18 @@ class Core:
     def _leg_answered(self, e: ev.LegAnswered) -> None:
         call, role = self._lookup(e.leg)
         if call is not None and role == "caller":
-            menu = self.settings.dids[call.did].ivr
-            self.ivr.handle(ivr.CallStarted(call_id=call.call_id, menu=menu), now=self.now())
+            self._flow(
+                flow.CallStarted(
+                    call_id=call.call_id, flow=call.flow, caller=call.caller, dnis=call.did
+                )
+            )
             return
         if call is None:
             # Not ours (e.g. answered before this core started): calls survive a core
             # restart on their worker, so an unknown leg is left alone.
+            return
+        if role == "transfer":
+            self._transfer_answered(call, e.leg)
             return
         if call.agent_leg != e.leg or call.answered_at is not None or call.caller_ended:
             # An agent picked up an offer that was already cancelled or superseded: end
@@ -357,19 +462,27 @@ class Core:
             self._send(e.worker, ev.Hangup(leg=e.leg))
             return
         try:
-            self._acd(acd.OfferAnswered(call_id=call.call_id), now=self.now())
+            self._acd(acd.OfferAnswered(call_id=call.call_id))
         except acd.IllegalTransition:
             log.warning("call %s: answer on leg %s came after the offer ended", call.call_id, e.leg)
             self._send(e.worker, ev.Hangup(leg=e.leg))
             return
         call.answered_at = time.time()
+        self._stop_input(call)
         if self.settings.recording.enabled:
             call.recording = str(recording_path(self.data_dir, call.call_id, call.arrived_at))
         self._send(
             call.worker,
-            ev.Bridge(a=call.call_id, b=e.leg, record_path=call.recording or ""),
+            ev.Bridge(
+                a=call.call_id,
+                b=e.leg,
+                record_path=call.recording or "",
+                hangup_together=not call.keep_caller,
+            ),
             on_fail=lambda _r, c=call: self._bridge_failed(c),
         )
+        assert call.agent is not None
+        self._flow(flow.AgentConnected(call_id=call.call_id, agent=call.agent))
         wait = call.answered_at - (call.queued_at or call.arrived_at)
         self._publish(
             ev.CallAnswered(
@@ -388,22 +501,30 @@ class Core:
     def _dtmf(self, e: ev.DtmfReceived) -> None:
         call, role = self._lookup(e.leg)
         if call is not None and role == "caller":
-            self.ivr.handle(ivr.DigitPressed(call_id=call.call_id, digit=e.digit), now=self.now())
+            call.ivr_digits = (call.ivr_digits + e.digit)[-64:]
+            self._flow(flow.DigitPressed(call_id=call.call_id, digit=e.digit))
 
     def _playback_finished(self, e: ev.PlaybackFinished) -> None:
         call, role = self._lookup(e.leg)
         if call is None or role != "caller":
             return
         seq = call.prompt_seq.pop(e.play_id, None)
-        if seq is not None:
-            self.ivr.handle(ivr.PromptEnded(call_id=call.call_id, seq=seq), now=self.now())
+        if seq is None:
+            return
+        self._flow(flow.PromptEnded(call_id=call.call_id, seq=seq))
+        speech, call.speech = call.speech, None
+        session = self.ivr.session(call.call_id)
+        if speech is not None and speech[0] == seq and session is not None and session.seq == seq:
+            self._listen(call, seq, speech[1], speech[2])
 
     def _leg_ended(self, e: ev.LegEnded) -> None:
         call, role = self._lookup(e.leg)
         self.legs.pop(e.leg, None)
         if call is None:
             return
-        now = self.now()
+        if role == "transfer":
+            self._transfer_ended(call, e)
+            return
         if role == "agent":
             if e.leg != call.agent_leg:
                 # an offer that was cancelled or superseded: nothing to account for
@@ -418,14 +539,20 @@ class Core:
                 else:
                     call.agent_leg = call.agent = None
                     failed = acd.OfferFailed(call_id=call.call_id, reason="no_answer")
-                    self._acd(failed, now=now)
+                    self._acd(failed)
                 return
             if call.hangup_side is None:
                 call.hangup_side = "agent"
+            if not call.caller_ended and call.keep_caller:
+                # the caller stays for the survey; the agent starts wrap-up now
+                call.agent_ended = True
+                self._acd(acd.CallLeft(call_id=call.call_id))
+                self._flow(flow.AgentHungUp(call_id=call.call_id))
             self._maybe_finish(call)
             return
         call.caller_rtp = e.rtp
         call.caller_ended = True
+        call.recording_input = None
         if call.hangup_side is None:
             if e.by == "local":
                 call.hangup_side = "system"
@@ -433,12 +560,15 @@ class Core:
                 call.hangup_side = "abandon"
             else:
                 call.hangup_side = "caller"
-        if call.agent_leg is not None and call.agent_leg in self.legs:
-            # normally the worker ends a bridged agent leg itself (hangup_together);
-            # this covers a caller who left between the agent's answer and the bridge
-            self._send(call.worker, ev.Hangup(leg=call.agent_leg))
-        self.ivr.handle(ivr.CallGone(call_id=call.call_id), now=now)
-        self._acd(acd.CallLeft(call_id=call.call_id), now=now)
+        for leg, (cid, _) in list(self.legs.items()):
+            if cid == call.call_id and leg != call.call_id:
+                # normally the worker ends a bridged agent leg itself (hangup_together);
+                # this covers a caller who left between an answer and the bridge, and
+                # an agent kept past the caller's hang-up by a survey bridge
+                self._send(call.worker, ev.Hangup(leg=leg))
+        self._flow(flow.CallGone(call_id=call.call_id))
+        self._acd(acd.CallLeft(call_id=call.call_id))
+        self._positions.pop(call.call_id, None)
         self._maybe_finish(call)
 
     def _recording_finished(self, e: ev.RecordingFinished) -> None:
@@ -453,6 +583,26 @@ class Core:
         call.recording_duration_s = e.duration_s
         if call.ended_at is not None:
             self._save(call)
+
+    def _leg_recorded(self, e: ev.LegRecorded) -> None:
+        """A `Record` on the caller ended: a spoken menu answer or a voicemail."""
+        call, role = self._lookup(e.leg)
+        if call is None or role != "caller":
+            return
+        if call.recording_input == e.record_id:
+            call.recording_input = None
+        kind, _, seq_text = e.record_id.partition("-")
+        seq = int(seq_text) if seq_text.isdigit() else -1
+        if kind == "vm":
+            call.voicemail, call.voicemail_duration_s = e.path, e.duration_s
+            self._flow(
+                flow.VoicemailRecorded(
+                    call_id=call.call_id, seq=seq, path=e.path, duration_s=e.duration_s
+                )
+            )
+            self._spawn(self._file_voicemail(call))
+        elif kind == "sp" and e.stopped_by in ("max_time", "silence"):
+            self._spawn(self._recognize(call, seq, Path(e.path)))
 
     def _worker_lost(self, worker: int) -> None:
         """A worker died (its last will, or a new pid): its legs are gone with it.
@@ -488,8 +638,11 @@ class Core:
         self._save(call)
 
     def _maybe_finish(self, call: Call) -> None:
-        """A call is over once the caller leg and any agent leg have both ended."""
+        """A call is over once the caller leg, the agent leg and any transfer leg have
+        ended (a cancelled offer's leg does not hold it)."""
         if not call.caller_ended or (call.agent_leg is not None and call.agent_leg in self.legs):
+            return
+        if any(entry == (call.call_id, "transfer") for entry in self.legs.values()):
             return
         if call.ended_at is not None:
             return
@@ -545,40 +698,323 @@ class Core:
             return None, ""
         return self.calls.get(entry[0]), entry[1]
 
-    # ------------------------------------------------------------------ engine commands
+    # ------------------------------------------------------------------ flow commands
 
-    def _do_ivr(self, cmd: ivr.IvrCommand) -> None:
+    def _do_flow(self, cmd: flow.FlowCommand) -> None:
         call = self.calls.get(cmd.call_id)
-        if call is None or call.caller_ended:
+        if call is None:
             return
-        if isinstance(cmd, ivr.PlayPrompt):
-            play_id = uuid.uuid4().hex[:12]
-            call.prompt_seq = {play_id: cmd.seq}
-            files = tuple(self.prompt_files[key] for key in cmd.prompts)
+        if isinstance(cmd, flow.FlowEnded):
+            call.timeline = [
+                {"at": round(t.at - call.arrived_at, 3), "node": t.node, "what": t.what,
+                 "detail": t.detail}
+                for t in cmd.timeline
+            ]  # fmt: skip
+            call.variables = dict(cmd.variables)
+            call.flow = f"{cmd.flow}@v{cmd.version}"
+            if call.ended_at is not None:
+                self._save(call)  # the flow outlived the call's row (a late event)
+            return
+        if isinstance(cmd, flow.StoreSurvey):
+            call.survey = dict(cmd.answers)
+            log.info("call %s survey %s: %s", call.call_id, cmd.survey, call.survey)
+            return
+        if isinstance(cmd, flow.SetScreen):
+            call.variables = dict(cmd.variables)
+            return
+        if isinstance(cmd, flow.LeaveQueue):
+            self._acd(acd.CallLeft(call_id=call.call_id))
+            self._positions.pop(call.call_id, None)
+            return
+        if isinstance(cmd, flow.RequestCallback):
+            self._request_callback(call, cmd)
+            return
+        if isinstance(cmd, flow.Lookup):
+            self._spawn(self._flow_lookup(call, cmd))
+            return
+        if call.caller_ended:
+            return  # media commands for a leg that is gone
+        if isinstance(cmd, flow.PlayPrompt):
+            self._play(call, cmd.seq, cmd.prompts, barge_in=cmd.barge_in)
+        elif isinstance(cmd, flow.Collect):
+            call.language = cmd.language or call.language
+            self._play(call, cmd.seq, cmd.prompts, barge_in=True)
+            if cmd.speech and self._speech_ready():
+                call.speech = (cmd.seq, cmd.speech, cmd.timeout_s)
+        elif isinstance(cmd, flow.PlayHold):
+            files = tuple(self.prompt_files[k] for k in cmd.music) or (
+                self.prompt_files[f"queue.{cmd.queue}.moh"],
+            )
+            self._stop_input(call)
+            call.prompt_seq = {}
+            self._send(
+                call.worker, ev.Play(leg=call.call_id, play_id="moh", files=files, loop=True)
+            )
+        elif isinstance(cmd, flow.Enqueue):
+            self._enqueue(call, cmd)
+        elif isinstance(cmd, flow.RecordVoicemail):
+            self._stop_input(call)
+            record_id = f"vm-{cmd.seq}"
+            when = datetime.fromtimestamp(call.arrived_at, tz=UTC)
+            path = self.data_dir / "voicemail" / when.strftime("%Y/%m/%d") / f"{call.call_id}.wav"
+            call.recording_input = record_id
             self._send(
                 call.worker,
-                ev.Play(leg=call.call_id, play_id=play_id, files=files, barge_in=cmd.barge_in),
+                ev.Record(
+                    leg=call.call_id,
+                    record_id=record_id,
+                    path=str(path),
+                    max_s=cmd.max_s,
+                    terminators=cmd.terminator or "",
+                    beep=cmd.beep,
+                ),
             )
-        elif isinstance(cmd, ivr.RouteToQueue):
-            call.queue = cmd.queue
-            call.ivr_digits += cmd.digits
-            call.queued_at = time.time()
-            moh = self.prompt_files[f"queue.{cmd.queue}.moh"]
-            self._send(
-                call.worker, ev.Play(leg=call.call_id, play_id="moh", files=(moh,), loop=True)
-            )
-            # The CRM's language is not a routing requirement (the engine treats a
-            # call's language as hard); the caller's choice in the IVR will be (#4).
-            enqueue = acd.Enqueue(
+        elif isinstance(cmd, flow.Transfer):
+            self._transfer(call, cmd)
+        elif isinstance(cmd, flow.Disconnect):
+            call.hangup_side = call.hangup_side or "system"
+            self._send(call.worker, ev.Hangup(leg=call.call_id))
+
+    def _play(self, call: Call, seq: int, keys: tuple[str, ...], *, barge_in: bool) -> None:
+        self._stop_input(call)
+        if not keys:
+            # nothing to say (e.g. a menu re-asked without a prompt): it has "ended"
+            self._flow(flow.PromptEnded(call_id=call.call_id, seq=seq))
+            return
+        play_id = uuid.uuid4().hex[:12]
+        call.prompt_seq = {play_id: seq}
+        files = tuple(self.prompt_files[key] for key in keys)
+        self._send(
+            call.worker,
+            ev.Play(leg=call.call_id, play_id=play_id, files=files, barge_in=barge_in),
+        )
+
+    def _stop_input(self, call: Call) -> None:
+        """End a `Record` of the caller (a spoken answer) before anything else plays:
+        the worker refuses Play and Bridge on a recording leg."""
+        call.speech = None
+        if call.recording_input is not None:
+            call.recording_input = None
+            self._send(call.worker, ev.StopRecord(leg=call.call_id))
+
+    def _enqueue(self, call: Call, cmd: flow.Enqueue) -> None:
+        call.queue = cmd.queue
+        call.queued_at = call.queued_at or time.time()
+        call.language = cmd.language
+        call.keep_caller = cmd.keep_caller_after_agent
+        call.variables = dict(cmd.variables)
+        # The flow's priority (a `set` or `queue` node) plus what the CRM says.
+        priority = (cmd.priority or 0) + self._priority(call)
+        self._acd(
+            acd.Enqueue(
                 call_id=call.call_id,
                 queue=cmd.queue,
                 caller=call.caller,
-                priority=self._priority(call),
+                priority=priority,
+                skills=dict(cmd.skills),
+                language=cmd.language or None,
             )
-            self._acd(enqueue, now=self.now())
+        )
+        self._tell_position(call)
+
+    def _tell_position(self, call: Call) -> None:
+        """Feed the flow engine the caller's place (for its announcements) if it moved."""
+        position = self.acd.position(call.call_id)
+        if position is None:
+            return
+        estimate = self.acd.estimate(call.call_id, now=self.now())
+        ewt = None  # unknown (no agent could take it yet): the flow says the position only
+        if estimate is not None and math.isfinite(estimate.ewt_s):
+            ewt = round(estimate.ewt_s, 1)
+        if self._positions.get(call.call_id) == (position, ewt):
+            return
+        self._positions[call.call_id] = (position, ewt)
+        self._flow(flow.QueuePosition(call_id=call.call_id, position=position, ewt_s=ewt))
+
+    def _request_callback(self, call: Call, cmd: flow.RequestCallback) -> None:
+        """The caller keeps their place; the queue engine places the call later."""
+        call.callback_number = cmd.number
+        try:
+            self._acd(acd.RequestCallback(call_id=call.call_id, number=cmd.number))
+        except acd.IllegalTransition:
+            log.warning("call %s asked for a callback but is no longer queued", call.call_id)
+
+    async def _flow_lookup(self, call: Call, cmd: flow.Lookup) -> None:
+        by = "caller" if cmd.by == "caller" else "account"
+        card: CustomerCard | None = None
+        try:
+            card = await asyncio.get_running_loop().run_in_executor(
+                self._sql, self.store.lookup, by, cmd.value
+            )
+        except Exception:
+            log.exception("CRM look-up (%s %s) of call %s failed", by, cmd.value, call.call_id)
+        if card is not None:
+            call.customer = card
+        customer = None
+        if card is not None:
+            customer = flow.Customer(
+                customer_id=card.customer_id,
+                name=card.name,
+                tier=card.tier,
+                vip=card.vip,
+                ticket_priority=card.ticket_priority,
+                language=card.language,
+                fields={"company": card.company, "open_tickets": str(len(card.open_tickets))},
+            )
+        self._flow(flow.LookupResult(call_id=call.call_id, seq=cmd.seq, customer=customer))
+        self._pump()
+
+    # -- spoken menus
+
+    def _speech_ready(self) -> bool:
+        """Whether spoken options can be recognised (the model loaded at start)."""
+        return self._speech is not None
+
+    def _load_speech(self) -> None:
+        """Load the vosk model (seconds; off the event loop) if a flow has spoken options."""
+        spoken = any(
+            getattr(node, "speech", None)
+            for f in self.settings.ivr.values()
+            for node in f.nodes.values()
+        )
+        if not spoken or self._speech is not None:
+            return
+        try:
+            self._speech = SpeechModel()
+        except SpeechUnavailable as exc:
+            log.warning("spoken menu options are off (digits still work): %s", exc)
+            return
+        log.info("speech model loaded from %s", self._speech.path)
+
+    def _listen(self, call: Call, seq: int, phrases: tuple[str, ...], timeout_s: float) -> None:
+        """The menu prompt ended: record what the caller says, for the recogniser."""
+        record_id = f"sp-{seq}"
+        call.recording_input = record_id
+        path = self.data_dir / "speech" / f"{call.call_id}-{seq}.wav"
+        self._send(
+            call.worker,
+            ev.Record(
+                leg=call.call_id,
+                record_id=record_id,
+                path=str(path),
+                max_s=max(1.0, timeout_s - SPEECH_MARGIN_S),
+                terminators="0123456789*#",  # a digit still chooses (and is reported)
+                beep=False,
+            ),
+        )
+        call.speech = None
+        self._speech_phrases[(call.call_id, seq)] = phrases
+
+    async def _recognize(self, call: Call, seq: int, wav: Path) -> None:
+        phrases = self._speech_phrases.pop((call.call_id, seq), ())
+        if not phrases or self._speech is None:
+            return
+        try:
+            result = await asyncio.to_thread(self._speech.recognize, wav, phrases)
+        except Exception:
+            log.exception("call %s: speech recognition failed", call.call_id)
+            return
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(wav)
+        log.info("call %s said %r (%.2f)", call.call_id, result.text, result.confidence)
+        if result.text:
+            self._flow(
+                flow.SpeechRecognized(
+                    call_id=call.call_id, text=result.text, confidence=result.confidence
+                )
+            )
+            self._pump()
+
+    # -- voicemail
+
+    async def _file_voicemail(self, call: Call) -> None:
+        """A message from a caller the CRM knows becomes a ticket on their account."""
+        if call.customer is None or call.voicemail is None:
+            return
+        try:
+            call.voicemail_ticket = await asyncio.get_running_loop().run_in_executor(
+                self._sql,
+                functools.partial(
+                    self.store.file_voicemail,
+                    call_id=call.call_id,
+                    customer_id=call.customer.customer_id,
+                    mailbox=call.variables.get("mailbox", call.queue or "voicemail"),
+                    caller=call.caller,
+                    at=datetime.now(tz=UTC),
+                ),
+            )
+        except Exception:
+            log.exception("voicemail of call %s not filed as a ticket", call.call_id)
+            return
+        if call.ended_at is not None:
+            self._save(call)
+
+    # -- transfers
+
+    def _transfer(self, call: Call, cmd: flow.Transfer) -> None:
+        """Dial the target from the caller's worker; bridge when it answers."""
+        self._stop_input(call)
+        if cmd.agent is not None:
+            agent = self.settings.agents[cmd.agent]
+            edge = self.settings.edge
+            uri = f"sip:{agent.sip_user}@{edge.sip_host}:{edge.sip_port}"
+            call.transfer_to = cmd.agent
         else:
-            call.hangup_side = "system"
-            self._send(call.worker, ev.Hangup(leg=call.call_id))
+            assert cmd.number is not None
+            try:
+                uri = trunk_uri(self.settings, cmd.number)
+            except ValueError as exc:
+                log.error("call %s: cannot transfer to %s: %s", call.call_id, cmd.number, exc)
+                self._flow(flow.TransferFailed(call_id=call.call_id, reason=str(exc)))
+                return
+            call.transfer_to = cmd.number
+        leg = uuid.uuid4().hex
+        self.legs[leg] = (call.call_id, "transfer")
+        log.info("call %s: transfer to %s (%s)", call.call_id, call.transfer_to, uri)
+        self._send(
+            call.worker,
+            ev.Dial(leg=leg, uri=uri, caller_id=call.caller, related_leg=call.call_id),
+            on_fail=lambda r, c=call, leg=leg: self._transfer_failed(c, leg, r.error),
+        )
+        assert self._loop is not None
+        self._loop.call_later(TRANSFER_RING_S, self._transfer_timeout, call, leg)
+
+    def _transfer_answered(self, call: Call, leg: str) -> None:
+        if call.caller_ended:
+            self._send(call.worker, ev.Hangup(leg=leg))
+            return
+        call.answered_at = call.answered_at or time.time()
+        self._send(call.worker, ev.StopPlay(leg=call.call_id))
+        self._send(
+            call.worker,
+            ev.Bridge(a=call.call_id, b=leg, hangup_together=True),
+            on_fail=lambda _r, c=call: self._bridge_failed(c),
+        )
+
+    def _transfer_failed(self, call: Call, leg: str, reason: str) -> None:
+        if self.legs.pop(leg, None) is None:
+            return
+        if not call.caller_ended:
+            self._flow(flow.TransferFailed(call_id=call.call_id, reason=reason))
+        self._maybe_finish(call)
+        self._pump()
+
+    def _transfer_timeout(self, call: Call, leg: str) -> None:
+        if leg in self.legs and call.answered_at is None:
+            self._send(call.worker, ev.Hangup(leg=leg))
+
+    def _transfer_ended(self, call: Call, e: ev.LegEnded) -> None:
+        if call.answered_at is None or call.caller_ended:
+            if not call.caller_ended:
+                reason = f"{e.sip_code} {e.reason}".strip()
+                self._flow(flow.TransferFailed(call_id=call.call_id, reason=reason))
+            self._maybe_finish(call)
+            return
+        call.hangup_side = call.hangup_side or "transfer"
+        self._maybe_finish(call)
+
+    # ------------------------------------------------------------------ queue commands
 
     def _do_acd(self, cmd: acd.AcdCommand) -> None:
         if isinstance(cmd, acd.OfferCall):
@@ -609,11 +1045,9 @@ class Core:
         elif isinstance(cmd, acd.Overflow):
             self._overflow(cmd)
         elif isinstance(cmd, acd.PlaceCallback):
-            # Nothing asks for callbacks yet (config refuses callback overflow); should
-            # one come, say so and let the engine give the place up after its retries.
-            log.error("call %s: callbacks cannot be placed yet", cmd.call_id)
-            failed = acd.CallbackFailed(call_id=cmd.call_id, reason="callbacks unavailable")
-            self._acd(failed, now=self.now())
+            # Callbacks are placed from a worker through the trunk: see the closing note
+            # of issue #4 (the edge routes worker INVITEs to a trunk's `outbound`).
+            self._place_callback(cmd)
         else:
             self._publish(cmd)
 
@@ -630,11 +1064,21 @@ class Core:
                 call.worker, ev.Play(leg=call.call_id, play_id="moh", files=(moh,), loop=True)
             )
         elif cmd.target_kind == "ivr":
-            self._acd(acd.CallLeft(call_id=call.call_id), now=self.now())
-            self.ivr.handle(ivr.CallStarted(call_id=call.call_id, menu=cmd.target), now=self.now())
+            # The caller leaves the queue and starts the target flow afresh.
+            self._acd(acd.CallLeft(call_id=call.call_id))
+            self._flow(flow.CallGone(call_id=call.call_id))
+            while (stale := self.ivr.next_command()) is not None:
+                if isinstance(stale, flow.FlowEnded):
+                    self._do_flow(stale)
+            call.flow = cmd.target
+            self._flow(
+                flow.CallStarted(
+                    call_id=call.call_id, flow=cmd.target, caller=call.caller, dnis=call.did
+                )
+            )
         else:
-            # voicemail and callback need media the walking skeleton lacks (issue #4);
-            # config validation refuses those targets, so this is a defect if reached.
+            # config validation refuses queue-level voicemail and callback overflow (a
+            # flow's queue node does both), so this is a defect if reached.
             log.error("call %s: overflow to %s is not available", call.call_id, cmd.target_kind)
             call.hangup_side = "system"
             self._send(call.worker, ev.Hangup(leg=call.call_id))
@@ -648,12 +1092,15 @@ class Core:
             self._pump()
             return
         call.agent_leg = call.agent = None
-        if not call.caller_ended:
-            failed = acd.OfferFailed(
-                call_id=call.call_id, reason="not_placed", agent_at_fault=False
-            )
-            self._acd(failed, now=self.now())
+        failed = acd.OfferFailed(call_id=call.call_id, reason="not_placed", agent_at_fault=False)
+        self._acd(failed)
         self._pump()
+
+    def _place_callback(self, cmd: acd.PlaceCallback) -> None:
+        log.error("call %s: callback to %s for %s not placed: callbacks need the "
+                  "outbound leg pairing that is not built yet", cmd.call_id, cmd.number,
+                  cmd.agent_id)  # fmt: skip
+        self._acd(acd.CallbackFailed(call_id=cmd.call_id, reason="callbacks unavailable"))
 
     # ------------------------------------------------------------------ I/O
 
@@ -715,6 +1162,9 @@ class Core:
                     log.info("agent %s unregistered", agent_id)
                     self._acd(acd.AgentLoggedOut(agent_id=agent_id), now=now)
             self.registered = registered
+            for call in list(self.calls.values()):
+                if call.queue and call.answered_at is None and not call.caller_ended:
+                    self._tell_position(call)
             polls += 1
             self._journal.flush()
             self._rotate_journal()

@@ -54,6 +54,20 @@ class CallRecord(Base):
     """JSON object of what the IVR collected and set (for the agent's screen)."""
     survey_csat: Mapped[int | None] = mapped_column(Integer)
     survey_nps: Mapped[int | None] = mapped_column(Integer)
+    survey_answers: Mapped[str | None] = mapped_column(Text)
+    """JSON object of every survey question's score (null: not answered)."""
+    flow: Mapped[str | None] = mapped_column(String(64))
+    """The IVR flow and version the call ran (`main@v3`)."""
+    language: Mapped[str | None] = mapped_column(String(16))
+    customer_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    voicemail_path: Mapped[str | None] = mapped_column(String(1024))
+    voicemail_duration_s: Mapped[float | None] = mapped_column(Float)
+    voicemail_ticket: Mapped[str | None] = mapped_column(String(64))
+    """The ticket the message was filed into (callers the CRM knows)."""
+    transfer_to: Mapped[str | None] = mapped_column(String(64))
+    """Number or agent the IVR transferred the call to."""
+    callback_number: Mapped[str | None] = mapped_column(String(64))
+    """The caller kept their place and asked to be called back here."""
 
 
 class Customer(Base):
@@ -80,3 +94,8 @@ class Ticket(Base):
     """`open`, `pending` or `closed`."""
     priority: Mapped[str] = mapped_column(String(16), default="normal")
     """`low`, `normal`, `high` or `urgent`."""
+    channel: Mapped[str] = mapped_column(String(16), default="phone")
+    """`phone`, `voicemail`, `email`..."""
+    call_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    """The call the ticket was opened from (a voicemail's call)."""
+    created_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

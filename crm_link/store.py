@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy import and_, create_engine, event, func, inspect, literal, or_, select, text
@@ -118,6 +119,26 @@ class CallStore:
                 return 0
             session.add_all([*customers, *tickets])
         return len(customers)
+
+    def file_voicemail(
+        self, *, call_id: str, customer_id: str, mailbox: str, caller: str, at: datetime
+    ) -> str:
+        """Open a ticket for a voicemail from a known customer; returns its id."""
+        ticket_id = f"VM-{call_id[:12]}"
+        with self.sessions.begin() as session:
+            session.merge(
+                Ticket(
+                    ticket_id=ticket_id,
+                    customer_id=customer_id,
+                    subject=f"Voicemail for {mailbox} from {caller}",
+                    status="open",
+                    priority="normal",
+                    channel="voicemail",
+                    call_id=call_id,
+                    created_at=at,
+                )
+            )
+        return ticket_id
 
     def save(self, record: CallRecord) -> None:
         with self.sessions.begin() as session:

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from acd.model import state_diagram as agent_diagram
-from ivr.flow_engine import state_diagram as ivr_diagram
+from ivr.engine import state_diagram as ivr_diagram
 
 OUT = Path(__file__).resolve().parent / "state-machines.md"
 
@@ -22,7 +22,7 @@ def render() -> str:
         "an illegal transition raises and changes nothing.\n\n"
         "## Agent (`acd/model.py` `TRANSITIONS`)\n\n"
         f"```mermaid\n{agent_diagram().strip()}\n```\n\n"
-        "## IVR session (`ivr/flow_engine.py` `TRANSITIONS`)\n\n"
+        "## IVR session (`ivr/engine.py` `TRANSITIONS`)\n\n"
         f"```mermaid\n{ivr_diagram().strip()}\n```\n"
     )
 

@@ -1,7 +1,6 @@
-"""IVR: call flows as validated data, run by pure engines (no I/O, no clock).
+"""IVR: call flows as validated data, run by a pure engine (no I/O, no clock).
 
-`schema` (flow models) -> `validate` (whole-flow checks) -> `flow_engine` (runs calls;
-events and commands in `flow_events`, prompt keys in `prompts`, business hours in
-`hours`). `engine` is the walking skeleton's single-menu engine, kept until the core
-switches to `flow_engine`.
+`schema` (flow models) -> `validate` (whole-flow checks) -> `engine` (runs calls;
+events and commands in `events`, prompt keys in `prompts`, business hours in `hours`).
+The core (`core.app`) carries the engine's commands out on the media workers.
 """

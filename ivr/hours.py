@@ -3,7 +3,7 @@
 The instant is epoch seconds handed in by the caller of the engine (never read from a
 clock here); `zoneinfo` turns it into local time in the calendar's zone, so daylight
 saving changes and callers in other zones need no special cases. Used by the
-`condition` node of `ivr.flow_engine`; the calendars themselves are `ivr.schema.Calendar`.
+`condition` node of `ivr.engine`; the calendars themselves are `ivr.schema.Calendar`.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ next-node links, with a start node, the languages it speaks and business-hours
 calendars. This module checks what one model can check on its own (field ranges, one
 prompt source, a regex that compiles, a time zone that exists); `ivr.validate` checks
 the graph and the cross-references (targets, reachability, loops without caller input,
-queues, skills, prompt files), and `ivr.flow_engine` runs it.
+queues, skills, prompt files), and `ivr.engine` runs it.
 
 Neighbours: `config.schema` embeds `Flow` under its `ivr:` section; `ivr.prompts`
 names every prompt slot so the core can render them before a call needs them.
@@ -54,7 +54,7 @@ class Prompt(_Model):
 
     text: str | None = None
     file: Path | None = None
-    """Relative to the directory of the file that declares the flow."""
+    """Relative to the directory of the main configuration file (flow files included)."""
     voice: str | None = None
     """espeak-ng voice; None: the flow's voice for the language being played."""
 

@@ -344,9 +344,11 @@ def check_file(
     queues: Collection[str],
     skills: Collection[str],
     agents: Collection[str] | None = None,
+    base: Path | None = None,
 ) -> tuple[dict[str, Flow], list[str]]:
     """Load a flow file (top level `ivr:`) and return its flows and `file: path: problem`
-    lines; prompt files are looked up relative to the file's directory."""
+    lines; prompt files are looked up relative to `base` (the directory of the
+    configuration that includes the file; default: the file's own directory)."""
     source = str(path)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -366,7 +368,7 @@ def check_file(
                 message = "required key is missing"
             lines.append(f"{source}: {render_path(clean_loc(err['loc']))}: {message}")
         return {}, lines
-    base = path.parent
+    base = base or path.parent
 
     def exists(file: Path) -> bool:
         return (file if file.is_absolute() else base / file).is_file()

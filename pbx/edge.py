@@ -2,16 +2,22 @@
 
 The edge is the only SIP port the world sees (see DESIGN.md, "Edge dispatching"):
 trunk INVITEs are spread over the media workers (`pbx.worker`) by current call load,
-agent devices register here, and workers dial agents through it. This module
+agent devices register here, and workers dial agents (`sip:<user>@edge`) and outside
+numbers through it. A worker dials out with `trunk_uri(settings, number, trunk)`,
+`sip:<number>@<edge>;trunk=<name>`; the edge sends that, and only from a worker, to
+the trunk's `outbound` address as `sip:<outbound_prefix><number>@<host:port>`. This module
 
 * renders `pbx/templates/kamailio.cfg` plus `dispatcher.list` and `address.list` into
-  a run directory (`render_edge`, also `python -m pbx.edge render`),
+  a run directory (`render_edge`, also `python -m pbx.edge render`); each trunk's
+  outbound address becomes a case of the config's route[TO_TRUNK],
+* builds the URI a worker dials to reach an outside number (`trunk_uri`),
 * runs Kamailio in the foreground as a `pbx.procs.ManagedProcess` (`Edge.start`),
 * talks JSON-RPC over HTTP to it on `edge.rpc_port` (registrations, dispatcher state,
   adding agent credentials) and pings it with a SIP OPTIONS over UDP.
 
-Its neighbours: `config.schema` (the `Edge`, `Pbx`, `Agent` settings), `pbx.procs`
-(ports and processes), and the supervisor behind `kefu serve`, which starts it.
+Its neighbours: `config.schema` (the `Edge`, `Trunk`, `Pbx`, `Agent` settings),
+`pbx.procs` (ports and processes), and the supervisor behind `kefu serve`, which starts
+it; the core builds `Dial` URIs with `trunk_uri`.
 """
 
 from __future__ import annotations
@@ -81,6 +87,10 @@ class EdgeTimers:
     agent_fr_ms: int = 4000
     agent_fr_inv_ms: int | None = None
     """None: the longest queue ring timeout plus a margin (the worker cancels first)."""
+    trunk_fr_ms: int = 5000
+    """A carrier that has not said 100 Trying by then is unreachable: 408 to the worker."""
+    trunk_fr_inv_ms: int = 120000
+    """The longest an outside number may ring (the worker normally cancels first)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +132,51 @@ def _fill(template: str, values: dict[str, str]) -> str:
 
 def _template() -> str:
     return (TEMPLATES / "kamailio.cfg").read_text(encoding="utf-8")
+
+
+_DIALABLE = re.compile(r"^\+?[0-9*#]{1,32}$")
+
+
+def trunk_uri(settings: Settings, number: str, trunk: str | None = None) -> str:
+    """The URI a worker dials (`wire.events.Dial.uri`) to call `number` through a trunk.
+
+    `sip:<number>@<edge sip_host>:<sip_port>;trunk=<name>`; the edge sends it on to that
+    trunk's `outbound` address. `trunk` None: the first trunk that has one. A `#` is
+    escaped (`%23`), as a SIP user part requires. ValueError when the number is not
+    dialable or the trunk cannot take outbound calls."""
+    if not _DIALABLE.match(number):
+        raise ValueError(
+            f"cannot dial {number!r}: a number is 1-32 of the digits 0-9, * and #, "
+            "with an optional leading +"
+        )
+    trunks = settings.edge.trunks
+    outbound = [t.name for t in trunks if t.outbound is not None]
+    if trunk is None:
+        if not outbound:
+            raise ValueError(
+                "no trunk can dial out: give one an outbound address (edge.trunks[].outbound)"
+            )
+        trunk = outbound[0]
+    elif trunk not in outbound:
+        names = ", ".join(outbound) or "none"
+        if any(t.name == trunk for t in trunks):
+            raise ValueError(f"trunk {trunk!r} has no outbound address (outbound trunks: {names})")
+        raise ValueError(f"unknown trunk {trunk!r} (outbound trunks: {names})")
+    edge = settings.edge
+    return f"sip:{number.replace('#', '%23')}@{edge.sip_host}:{edge.sip_port};trunk={trunk}"
+
+
+def _trunk_cases(settings: Settings) -> str:
+    """The `switch` cases of route[TO_TRUNK]: trunk name -> outbound host:port and prefix."""
+    lines: list[str] = []
+    for trunk in settings.edge.trunks:
+        lines += [
+            f'\tcase "{_cfg_string(trunk.name)}":',
+            f'\t\t$var(dst) = "{_cfg_string(trunk.outbound_address or "")}";',
+            f'\t\t$var(prefix) = "{_cfg_string(trunk.outbound_prefix)}";',
+            "\t\tbreak;",
+        ]
+    return "\n".join(lines)
 
 
 def _cfg_string(value: str) -> str:
@@ -186,6 +241,9 @@ def render_edge(
         "WORKER_FR_INV_MS": str(timers.worker_fr_inv_ms),
         "AGENT_FR_MS": str(timers.agent_fr_ms),
         "AGENT_FR_INV_MS": str(agent_fr_inv_ms),
+        "TRUNK_FR_MS": str(timers.trunk_fr_ms),
+        "TRUNK_FR_INV_MS": str(timers.trunk_fr_inv_ms),
+        "TRUNK_CASES": _trunk_cases(settings),
         "PIKE_UNIT_S": "2",
         "PIKE_DENSITY": "200",
         "ADDRESS_LIST": str(address_list),

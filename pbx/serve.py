@@ -231,8 +231,15 @@ def main(argv: list[str] | None = None) -> int:
     def on_signal(signum: int, _frame: object) -> None:
         supervisor.stopping = True
 
+    def on_hangup(_signum: int, _frame: object) -> None:
+        # `kill -HUP` on kefu serve reloads the IVR flows, as on the core itself
+        core = supervisor.children.get("core")
+        if core is not None and core.proc.alive():
+            core.proc.signal(signal.SIGHUP)
+
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGHUP, on_hangup)
     try:
         supervisor.start()
         supervisor.wait_ready()

@@ -14,10 +14,23 @@ import subprocess
 import tempfile
 import wave
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
-from config.schema import Prompt
+
+class Prompt(Protocol):
+    """A configured prompt (`config.schema.Prompt` or an IVR flow's `ivr.schema.Prompt`)."""
+
+    @property
+    def text(self) -> str | None: ...
+    @property
+    def file(self) -> Path | None: ...
+    @property
+    def voice(self) -> str | None: ...
+
+
+DEFAULT_VOICE = "en-us"
 
 RATE = 8000
 _FORMAT = "v1-8k-mono-s16"
@@ -96,4 +109,4 @@ def resolve(prompt: Prompt, cache_dir: Path, base_dir: Path) -> Path:
             raise PromptError(f"no such WAV file: {path}")
         return path.resolve()
     assert prompt.text is not None
-    return render_text(prompt.text, prompt.voice, cache_dir).resolve()
+    return render_text(prompt.text, prompt.voice or DEFAULT_VOICE, cache_dir).resolve()

@@ -1,7 +1,8 @@
 """The HTTP face of the core (FastAPI): health, live agents and calls, agent state.
 
 `/api/health` reports each component (broker, edge, workers, database) and is what
-`kefu serve` waits on before it prints `kefu ready`. The agent softphone and the
+`kefu serve` waits on before it prints `kefu ready`; `/api/config/reload` is what
+`kefu config reload` calls. The agent softphone and the
 wallboard grow here (issue #5); the routes only read the core's views and send it
 requests, so the same app runs against any object with that shape.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from fastapi import FastAPI, HTTPException
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
@@ -22,6 +23,10 @@ class CoreView(Protocol):
     def agents_view(self) -> list[dict[str, Any]]: ...
     def calls_view(self) -> list[dict[str, Any]]: ...
     def set_agent_state(self, agent_id: str, state: str, reason: str = "") -> None: ...
+    async def reload_flows(self) -> dict[str, Any]: ...
+
+
+LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
 
 
 class AgentStateRequest(BaseModel):
@@ -56,5 +61,16 @@ def create_app(core: CoreView) -> FastAPI:
     @app.get("/api/calls")
     async def calls() -> list[dict[str, Any]]:
         return core.calls_view()
+
+    @app.post("/api/config/reload")
+    async def reload(request: Request) -> JSONResponse:
+        """New IVR flows for new calls (`kefu config reload`); 422 lists the problems.
+
+        Until the API has accounts (issue #5) only the machine itself may ask."""
+        client = request.client.host if request.client else ""
+        if client not in LOOPBACK:
+            raise HTTPException(403, "reload is allowed from this machine only")
+        result = await core.reload_flows()
+        return JSONResponse(result, status_code=200 if result["ok"] else 422)
 
     return app

@@ -14,6 +14,7 @@ import pytest
 
 from pbx.procs import ManagedProcess, free_port
 from tests.support.center import Center, center_config, pick_ports, start_center
+from tests.support.configs import menu_flow
 from tests.support.sipp import run_sipp, start_sipp
 
 pytestmark = pytest.mark.e2e
@@ -44,7 +45,7 @@ def center(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Center]:
             "wrapup_s": 1,
         },
     }
-    config["ivr"]["main"]["options"] = {"1": {"queue": "sales"}, "2": {"queue": "tech"}}
+    config["ivr"] = {"main": menu_flow({"1": "sales", "2": "tech"})}
     config["demo_customers"] = True  # 5551234 is a VIP with a high-priority open ticket
     running = start_center(tmp, config, ports)
     try:

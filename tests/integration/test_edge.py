@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from config.loader import load
-from config.schema import Settings
+from config.schema import Settings, Trunk
 from pbx.edge import Edge, EdgeError, EdgeTimers, WorkerAddr, check_config, render_edge
 from pbx.procs import ManagedProcess, PortBusy, free_port, wait_until
 from tests.support.sipp import SippResult, run_sipp, sipp_argv
@@ -29,6 +29,7 @@ pytestmark = pytest.mark.integration
 TIMERS = EdgeTimers(fr_timer_ms=1000, worker_fr_ms=1000, worker_fr_inv_ms=4000)
 ALICE = ("1001", "alice-demo-secret")  # from config/demo.yaml
 BOB = ("1002", "bob-demo-secret")
+CARRIER_IP = "127.0.0.5"  # a trunk of its own, apart from the demo trunk's 127.0.0.1
 
 
 # ---------------------------------------------------------------- fixtures / helpers
@@ -44,6 +45,8 @@ class EdgeLab:
     dir: Path
     ports: set[int]
     procs: list[ManagedProcess] = field(default_factory=list)
+    carrier_port: int = 0
+    """Where the outbound trunks `carrier` and `tech` send calls (on CARRIER_IP)."""
 
     @property
     def target(self) -> str:
@@ -87,6 +90,22 @@ class EdgeLab:
             extra=["-d", str(ring_ms)],
         )
 
+    def carrier(self, hold_ms: int) -> tuple[ManagedProcess, Path]:
+        """A SIPp UAS as the carrier: answers one call, hangs up after `hold_ms` unless the
+        worker does first; returns the process and the file of every SIP message it saw."""
+        messages = self.dir / f"carrier-{uuid.uuid4().hex[:8]}.msg"
+        proc = self.start(
+            "carrier",
+            "uas_answer.xml",
+            local_ip=CARRIER_IP,
+            local_port=self.carrier_port,
+            media_port=self.port(),
+            keys={"ring_ms": "100", "hold_ms": str(hold_ms)},
+            extra=["-trace_msg", "-message_file", str(messages)],
+        )
+        time.sleep(0.3)  # let SIPp bind before the INVITE arrives
+        return proc, messages
+
     def register(self, user: str, password: str, port: int) -> SippResult:
         return self.run("register.xml", local_port=port, service=user, auth=(user, password))
 
@@ -95,15 +114,30 @@ class EdgeLab:
 
 
 def lab_settings(
-    edge_port: int, rpc_port: int, worker_base: int, workers: int, probe_s: int = 1
+    edge_port: int,
+    rpc_port: int,
+    worker_base: int,
+    workers: int,
+    probe_s: int = 1,
+    carrier_port: int = 0,
 ) -> Settings:
+    """The demo settings on these ports; with `carrier_port`, two outbound trunks to it:
+    `carrier` as is and `tech` with the prefix 77."""
     base = load()
+    trunks = list(base.edge.trunks)
+    if carrier_port:
+        outbound = f"{CARRIER_IP}:{carrier_port}"
+        trunks += [
+            Trunk(name="carrier", allow=[CARRIER_IP], outbound=outbound),
+            Trunk(name="tech", allow=[CARRIER_IP], outbound=outbound, outbound_prefix="77"),
+        ]
     edge = base.edge.model_copy(
         update={
             "sip_port": edge_port,
             "rpc_port": rpc_port,
             "probe_interval_s": probe_s,
             "retry_after_s": 7,
+            "trunks": trunks,
         }
     )
     pbx = base.pbx.model_copy(update={"workers": workers, "worker_base_port": worker_base})
@@ -114,14 +148,15 @@ def lab_settings(
 def make_lab(tmp_path: Path) -> Iterator[Callable[..., EdgeLab]]:
     labs: list[EdgeLab] = []
 
-    def make(workers: int = 3) -> EdgeLab:
+    def make(workers: int = 3, *, outbound: bool = False) -> EdgeLab:
         ports: set[int] = set()
         sip, rpc = free_port(avoid=ports), free_port(avoid=ports)
         worker_base = free_port(span=workers, avoid=ports)
-        settings = lab_settings(sip, rpc, worker_base, workers)
+        carrier = free_port(CARRIER_IP, avoid=ports) if outbound else 0
+        settings = lab_settings(sip, rpc, worker_base, workers, carrier_port=carrier)
         run_dir = tmp_path / f"edge-{len(labs)}"
         edge = Edge()
-        lab = EdgeLab(edge, settings, [], run_dir, ports)
+        lab = EdgeLab(edge, settings, [], run_dir, ports, carrier_port=carrier)
         labs.append(lab)
         edge.start(settings, run_dir, run_dir / "kamailio.log", timers=TIMERS)
         lab.workers = [
@@ -478,6 +513,107 @@ def test_worker_calls_registered_agent_through_edge(make_lab: Callable[..., Edge
         "invite_only.xml", local_port=worker.port, service="7777", keys={"expect": "404"}
     )
     assert unknown.ok, unknown.output
+
+
+# ---------------------------------------------------------------- worker -> trunk
+
+
+def test_render_writes_each_trunks_outbound_address(tmp_path: Path) -> None:
+    """route[TO_TRUNK] gets one case per trunk: host:port (5060 when left out) and prefix."""
+    settings = lab_settings(5060, 5071, 5100, 1)
+    trunks = [
+        *settings.edge.trunks,
+        Trunk(name="carrier", allow=["192.0.2.1"], outbound="sip.carrier.example"),
+        Trunk(name="tech", allow=["192.0.2.1"], outbound="192.0.2.7:5080", outbound_prefix="77"),
+    ]
+    edge = settings.edge.model_copy(update={"trunks": trunks})
+    files = render_edge(settings.model_copy(update={"edge": edge}), run_dir=tmp_path)
+    cfg = files.config.read_text()
+    cases = re.findall(
+        r'case "([^"]+)":\s+\$var\(dst\) = "([^"]*)";\s+\$var\(prefix\) = "(\d*)"', cfg
+    )
+    assert cases == [
+        ("demo-trunk", "", ""),
+        ("carrier", "sip.carrier.example:5060", ""),
+        ("tech", "192.0.2.7:5080", "77"),
+    ]
+    check_config(files)
+
+
+def caller_keys(hold_ms: int) -> dict[str, str]:
+    """caller.xml as a worker's outbound leg: no digit, hang up `hold_ms` after the answer."""
+    return {"caller": "worker", "digit": "none", "dtmf_ms": "100", "hold_ms": str(hold_ms)}
+
+
+def test_worker_dials_out_through_the_trunk(make_lab: Callable[..., EdgeLab]) -> None:
+    """A worker's INVITE to sip:5550100@edge;trunk=carrier reaches the carrier as
+    sip:5550100@<outbound>; the worker's BYE and then the carrier's BYE pass; the
+    dispatcher load stays 0."""
+    lab = make_lab(workers=2, outbound=True)
+    worker = lab.workers[0]
+    carrier, messages = lab.carrier(hold_ms=3_600_000)  # waits for the worker's BYE
+    call = lab.run(
+        "caller.xml",
+        local_port=worker.port,
+        media_port=lab.port(),
+        service="5550100",
+        keys=caller_keys(800),
+        extra=["-set", "ruri_params", ";trunk=carrier"],
+    )
+    assert call.ok, call.output
+    assert carrier.proc is not None
+    assert carrier.proc.wait(10) == 0, carrier.log_tail()
+    seen = messages.read_text()
+    outbound = f"{CARRIER_IP}:{lab.carrier_port}"
+    assert re.search(rf"^INVITE sip:5550100@{outbound} SIP/2\.0\r?$", seen, re.M), seen
+    assert re.search(r"^Record-Route: <sip:127\.0\.0\.1:\d+;lr", seen, re.M), seen
+    assert re.search(rf"^BYE sip:phone@{outbound}", seen, re.M), seen
+    assert lab.loads() == {"w1": 0, "w2": 0}
+
+    # The carrier hangs up this time, through the `tech` trunk (prefix 77).
+    carrier, messages = lab.carrier(hold_ms=300)
+    call = lab.run(
+        "caller.xml",
+        local_port=worker.port,
+        media_port=lab.port(),
+        service="5550199",
+        keys=caller_keys(20_000),
+        trace=True,
+        extra=["-set", "ruri_params", ";trunk=tech"],
+    )
+    assert call.ok, call.output
+    assert re.search(r"^BYE sip:worker@127\.0\.0\.1", call.messages, re.M), call.messages
+    assert carrier.proc is not None
+    assert carrier.proc.wait(10) == 0, carrier.log_tail()
+    assert re.search(rf"^INVITE sip:775550199@{outbound} ", messages.read_text(), re.M)
+    assert lab.loads() == {"w1": 0, "w2": 0}
+
+
+def test_only_workers_dial_out_and_only_to_known_trunks(make_lab: Callable[..., EdgeLab]) -> None:
+    """;trunk= from a stranger, the demo trunk or the carrier itself: 403. From a worker: an
+    unknown trunk 404, a trunk without an outbound address 403, a non-number 484."""
+    lab = make_lab(workers=1, outbound=True)
+
+    def dial(expect: str, trunk: str = "carrier", number: str = "5550100", **kw: object) -> None:
+        result = lab.run(
+            "invite_only.xml",
+            service=number,
+            keys={"expect": expect.split()[0]},
+            trace=True,
+            extra=["-set", "ruri_params", f";trunk={trunk}"],
+            **kw,
+        )
+        assert result.ok, f"{trunk} {number} {kw}: {result.output}"
+        assert f"SIP/2.0 {expect}\n" in result.messages.replace("\r", "")
+
+    dial("403 Forbidden", local_ip="127.0.0.2")
+    dial("403 Forbidden", local_ip="127.0.0.1")  # the demo trunk's network
+    dial("403 Forbidden", local_ip=CARRIER_IP)
+    worker = lab.workers[0].port
+    dial("404 Unknown Trunk", trunk="nosuch", local_port=worker)
+    dial("404 Unknown Trunk", trunk="", local_port=worker)
+    dial("403 Trunk Has No Outbound Address", trunk="demo-trunk", local_port=worker)
+    dial("484 Address Incomplete", number="call-me", local_port=worker)
 
 
 # ---------------------------------------------------------------- robustness

@@ -3,7 +3,6 @@ Korean phrases spoken by espeak-ng, at phone quality (8 kHz mono, as workers rec
 
 from __future__ import annotations
 
-import subprocess
 import wave
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from recording.speech import SpeechModel, SpeechUnavailable, model_path
+from tests.support.walk import speak
 
 pytestmark = pytest.mark.integration
 
@@ -20,13 +20,6 @@ OPTIONS = ["영업", "환불", "상담원"]  # sales, refund, an agent
 @pytest.fixture(scope="module")
 def model() -> Iterator[SpeechModel]:
     yield SpeechModel()
-
-
-def speak(text: str, path: Path) -> Path:
-    raw = path.with_suffix(".raw.wav")
-    subprocess.run(["espeak-ng", "-v", "ko", "-s", "130", "-w", str(raw), text], check=True)
-    subprocess.run(["sox", str(raw), "-r", "8000", "-c", "1", "-b", "16", str(path)], check=True)
-    return path
 
 
 @pytest.mark.parametrize("phrase", OPTIONS)

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from pbx.procs import ManagedProcess, free_port, wait_until
+from tests.support.configs import menu_flow
 
 
 def center_config(
@@ -28,7 +29,10 @@ def center_config(
     pool_agents: int = 0,
     ring_timeout_s: float = 10,
     wrapup_s: float = 1,
+    flows: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """A center on `ports`; `flows` (default: a one-level menu, 1 sales, 2 support,
+    3 pool) answer DID 1000 as flow `main`."""
     agents: dict[str, Any] = {
         "alice": {"sip_user": "1001", "password": "alice-demo-secret", "skills": {"sales": 3},
                   "auto_available": True},
@@ -65,18 +69,7 @@ def center_config(
             "support": {"skill": "support", "ring_timeout_s": ring_timeout_s, "wrapup_s": wrapup_s},
             "pool": {"skill": "pool", "ring_timeout_s": ring_timeout_s, "wrapup_s": wrapup_s},
         },
-        "ivr": {
-            "main": {
-                "prompt": {"text": "Press 1 for sales, 2 for support."},
-                "options": {
-                    "1": {"queue": "sales"},
-                    "2": {"queue": "support"},
-                    "3": {"queue": "pool"},
-                },
-                "timeout_s": 6,
-                "max_retries": 2,
-            }
-        },
+        "ivr": flows or {"main": menu_flow({"1": "sales", "2": "support", "3": "pool"})},
         "dids": {"1000": {"ivr": "main"}},
     }
 

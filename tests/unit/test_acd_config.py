@@ -5,17 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-import yaml
 
 from acd.build import specs_from_settings
 from acd.engine import AcdEngine, OverflowTarget, Step
-from config.loader import ConfigError, demo_path, load, parse
+from config.loader import ConfigError, load, parse
+from tests.support.configs import demo_data
 
 
 def demo() -> dict[str, Any]:
-    data = yaml.safe_load(demo_path().read_text())
-    assert isinstance(data, dict)
-    return data
+    return demo_data()
 
 
 def errors(data: dict[str, Any]) -> list[str]:
@@ -86,7 +84,9 @@ def test_overflow_targets_must_exist() -> None:
         "demo.yaml: queues.sales.overflow.target: unknown queue 'suport' "
         "(queues: sales, support)" in lines
     )
-    assert "demo.yaml: queues.support.overflow.target: unknown IVR 'night' (ivr: main)" in lines
+    assert (
+        "demo.yaml: queues.support.overflow.target: unknown IVR flow 'night' (ivr: main)" in lines
+    )
 
 
 def test_queue_needs_a_skill_and_a_known_strategy() -> None:

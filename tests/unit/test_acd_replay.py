@@ -22,6 +22,7 @@ from acd.events import (
 from acd.strategies import STRATEGIES
 from config.loader import demo_path
 from config.schema import Queue
+from tests.support.configs import demo_data
 
 
 @pytest.mark.parametrize(
@@ -71,7 +72,7 @@ def recorded_day() -> tuple[list[str], float]:
 
 
 def policy(tmp_path: Path, alice_skills: dict[str, int]) -> Path:
-    data: dict[str, Any] = yaml.safe_load(demo_path().read_text())
+    data: dict[str, Any] = demo_data()
     data["agents"]["alice"]["skills"] = alice_skills
     data["queues"]["support"]["wrapup_s"] = 0
     path = tmp_path / f"policy-{len(alice_skills)}.yaml"

@@ -409,7 +409,7 @@ def test_trace_names_every_candidate_and_why() -> None:
     agents = [
         AgentSpec(agent_id="win", skills={"s": 4}, languages=frozenset({"ko"})),
         AgentSpec(agent_id="low", skills={"s": 2}, languages=frozenset({"ko"})),
-        AgentSpec(agent_id="mono", skills={"s": 5}),
+        AgentSpec(agent_id="mono", skills={"s": 5}, languages=frozenset({"en"})),
         AgentSpec(agent_id="busy", skills={"s": 5}, languages=frozenset({"ko"})),
     ]
     engine = AcdEngine([queue], agents)

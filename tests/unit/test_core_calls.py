@@ -4,15 +4,20 @@ it asks the media side to do, and that no race leaves a call or an agent behind.
 from __future__ import annotations
 
 import asyncio
+import json
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from acd.engine import AgentLoggedIn, AgentState
-from config.loader import demo_path, load
+from config.loader import demo_path, parse
 from core.app import Core
+from crm_link.demo import demo_customers
+from tests.support.configs import demo_data, menu_flow
 from wire import events as ev
 
 W = 3  # the worker holding the caller
@@ -52,15 +57,22 @@ class Harness:
         return dial
 
     async def settled(self) -> None:
-        for _ in range(20):  # let the SQL writer thread finish
+        """Let the core's background work (SQL writes, CRM look-ups) finish."""
+        for _ in range(200):
             await asyncio.sleep(0.02)
+            if not self.core._tasks:
+                break
 
 
 @pytest.fixture
 async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
-    core = Core(load(demo_path()), tmp_path, demo_path().parent)
+    data = demo_data()  # the demo flow answers 2000; 1000 is a one-level menu
+    data["ivr"]["simple"] = menu_flow({"1": "sales", "2": "support"})
+    data["dids"] = {"1000": {"ivr": "simple"}, "2000": {"ivr": "main"}}
+    core = Core(parse(data, "test.yaml"), tmp_path, demo_path())
     core._loop = asyncio.get_running_loop()
-    core.prompt_files = {k: "/dev/null" for k in _prompt_keys(core)}
+    core.prompt_files = {k: f"/prompts/{k}.wav" for k in _prompt_keys(core)}
+    core.store.seed(*demo_customers())
     core._acd(AgentLoggedIn(agent_id="alice"), now=core.now())
     core._pump()
     yield Harness(core)
@@ -70,8 +82,7 @@ async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
 
 
 def _prompt_keys(core: Core) -> list[str]:
-    keys = [f"ivr.{m}.{w}" for m in core.settings.ivr for w in ("prompt", "invalid", "goodbye")]
-    return keys + [f"queue.{q}.moh" for q in core.settings.queues]
+    return [*core.ivr.prompt_catalog(), *(f"queue.{q}.moh" for q in core.settings.queues)]
 
 
 async def test_a_bridged_call_is_recorded_and_written(harness: Harness) -> None:
@@ -204,3 +215,177 @@ async def test_the_journal_rolls_over_and_keeps_every_event(
         "AgentLoggedIn",
         "Enqueue",
     ]
+
+
+# ---------------------------------------------------------------- the IVR flow (DID 2000)
+
+
+class Walk:
+    """One caller on the demo flow, answering what the core asks of the worker."""
+
+    def __init__(self, harness: Harness, caller: str, leg: str = "walk-1") -> None:
+        self.h, self.caller, self.leg = harness, caller, leg
+        self.sent: list[ev.MediaCommand] = []
+
+    async def start(self) -> None:
+        await self.h.send(
+            ev.LegIncoming(worker=W, leg=self.leg, sip_call_id="w", caller=self.caller, did="2000")
+        )
+        await self.h.send(ev.LegAnswered(worker=W, leg=self.leg))
+        self.drain()
+
+    def drain(self) -> list[ev.MediaCommand]:
+        new = [c for c, _ in self.h.commands()]
+        self.sent += new
+        return new
+
+    def last_play(self) -> ev.Play:
+        plays = [c for c in self.sent if isinstance(c, ev.Play) and c.leg == self.leg]
+        assert plays, "nothing was played"
+        return plays[-1]
+
+    async def press(self, digits: str) -> None:
+        for digit in digits:
+            await self.h.send(ev.DtmfReceived(worker=W, leg=self.leg, digit=digit))
+        await self.h.settled()  # CRM look-ups run on the SQL thread
+        self.drain()
+
+    async def prompt_ends(self) -> None:
+        play = self.last_play()
+        await self.h.send(ev.PlaybackFinished(worker=W, leg=self.leg, play_id=play.play_id))
+        await self.h.settled()
+        self.drain()
+
+    async def timers(self, after_s: float) -> None:
+        core = self.h.core
+        core.ivr.handle_timer(now=time.time() + after_s)
+        core._pump()
+        await self.h.settled()
+        self.drain()
+
+    async def hang_up(self) -> None:
+        await self.h.send(ev.LegEnded(worker=W, leg=self.leg, by="remote", sip_code=200, reason=""))
+        await self.h.settled()
+
+
+async def test_vip_flow_queues_with_priority_then_survey_is_stored(harness: Harness) -> None:
+    """The demo flow: English, the CRM says VIP (Wang Fang, high ticket), priority queue,
+    the agent hangs up first, the caller answers the survey; all of it lands in the row."""
+    core = harness.core
+    core._acd(AgentLoggedIn(agent_id="bob"), now=core.now())
+    walk = Walk(harness, caller="5551234")
+    await walk.start()
+    assert walk.last_play().barge_in  # the language menu
+    await walk.press("1")  # English; the look-up finds the VIP
+    assert walk.last_play().files == ("/prompts/ivr.main.v1.vip_greeting.prompts.0.en.wav",)
+    await walk.prompt_ends()  # greeting done -> queue
+    (dial,) = [c for c in walk.sent if isinstance(c, ev.Dial)]
+    assert core.calls["walk-1"].queue == "support"
+    assert core.calls["walk-1"].routing[0]["priority"] == 10 + 20 + 5  # flow + VIP + high
+    await harness.send(ev.LegAnswered(worker=W, leg=dial.leg))
+    (bridge,) = [c for c in walk.drain() if isinstance(c, ev.Bridge)]
+    assert bridge.hangup_together is False  # the survey follows the agent
+    await harness.send(ev.LegEnded(worker=W, leg=dial.leg, by="remote", sip_code=200, reason=""))
+    await harness.settled()
+    walk.drain()
+    assert core.acd.agent("bob").state is AgentState.WRAP_UP
+    await walk.press("4")  # CSAT
+    await walk.press("9")  # NPS, one digit of up to two
+    await walk.timers(after_s=3)  # the inter-digit gap ends the answer
+    await walk.prompt_ends()  # thanks -> hang up
+    assert any(isinstance(c, ev.Hangup) and c.leg == "walk-1" for c in walk.sent)
+    await walk.hang_up()
+    row = core.store.get("walk-1")
+    assert row is not None
+    assert (row.survey_csat, row.survey_nps) == (4, 9)
+    assert row.customer_id is not None and row.flow == "main@v1" and row.language == "en"
+    assert row.hangup_side == "agent" and row.agent == "bob"
+    steps = [step["what"] for step in json.loads(row.ivr_path or "[]")]
+    assert steps[:2] == ["start", "enter"] and "agent_hung_up" in steps and "survey" in steps
+    assert json.loads(row.variables or "{}")["route"] == "vip"
+
+
+async def test_voicemail_is_recorded_and_filed_as_a_ticket(harness: Harness) -> None:
+    """Main menu 3: a message after the tone; the known caller gets a ticket."""
+    core = harness.core
+    walk = Walk(harness, caller="5555678")  # Maria Lopez, no VIP
+    await walk.start()
+    await walk.press("1")  # English -> look-up -> main menu
+    await walk.press("3")  # leave a message
+    await walk.prompt_ends()
+    (record,) = [c for c in walk.sent if isinstance(c, ev.Record)]
+    assert record.leg == "walk-1" and record.beep and record.terminators == "#"
+    await harness.send(
+        ev.LegRecorded(worker=W, leg="walk-1", record_id=record.record_id, path=record.path,
+                       duration_s=4.2, stopped_by="terminator")
+    )  # fmt: skip
+    await harness.settled()
+    walk.drain()
+    await walk.prompt_ends()  # goodbye
+    await walk.hang_up()
+    await harness.settled()
+    row = core.store.get("walk-1")
+    assert row is not None and row.voicemail_path == record.path
+    assert row.voicemail_duration_s == 4.2 and row.voicemail_ticket == "VM-walk-1"
+
+
+async def test_spoken_menu_records_after_the_prompt_and_a_digit_stops_it(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A menu with phrases: once its prompt ends the caller is recorded for the
+    recogniser; a digit pressed instead stops the recording before the next prompt."""
+    core = harness.core
+    monkeypatch.setattr(core, "_speech_ready", lambda: True)
+    walk = Walk(harness, caller="5550100")
+    await walk.start()
+    await walk.press("1")  # English -> main menu (spoken options: sales, support)
+    await walk.prompt_ends()
+    (record,) = [c for c in walk.sent if isinstance(c, ev.Record)]
+    assert record.record_id.startswith("sp-") and not record.beep
+    assert record.max_s == 5 - 1.0  # the menu's timeout less the recogniser's margin
+    await walk.press("2")  # support menu instead
+    stop = [c for c in walk.sent if isinstance(c, ev.StopRecord)]
+    assert stop and walk.sent.index(stop[0]) < walk.sent.index(walk.last_play())
+
+
+async def test_reloaded_flows_serve_new_calls_and_running_calls_keep_theirs(
+    harness: Harness, tmp_path: Path
+) -> None:
+    core = harness.core
+    first = Walk(harness, caller="5550100", leg="old")
+    await first.start()
+    data = demo_data()
+    data["ivr"]["simple"] = menu_flow({"1": "sales", "2": "support"})
+    data["ivr"]["main"]["nodes"]["language"]["timeout_s"] = 9
+    data["dids"] = {"1000": {"ivr": "simple"}, "2000": {"ivr": "main"}}
+    config = tmp_path / "center.yaml"
+    config.write_text(yaml.safe_dump(data, allow_unicode=True))
+    core.config_path = config
+    result = await core.reload_flows()
+    assert result == {"ok": True, "version": 2, "flows": ["main", "simple"]}
+    second = Walk(harness, caller="5550101", leg="new")
+    await second.start()
+    assert core.ivr.session("old").version == 1  # type: ignore[union-attr]
+    assert core.ivr.session("new").version == 2  # type: ignore[union-attr]
+    assert ".v2." in next(k for k, f in core.prompt_files.items() if ".v2." in k)
+    data["ivr"]["main"]["nodes"]["language"]["options"]["1"] = "nowhere"
+    config.write_text(yaml.safe_dump(data, allow_unicode=True))
+    refused = await core.reload_flows()
+    assert not refused["ok"] and "unknown node 'nowhere'" in refused["errors"][0]
+    assert core.ivr.current_version == 2
+
+
+async def test_position_is_announced_even_when_no_agent_could_take_the_call(
+    harness: Harness,
+) -> None:
+    """Nobody staffs support: the wait is unknown (infinite), the position is not."""
+    walk = Walk(harness, caller="5551234")
+    await walk.start()
+    await walk.press("1")
+    await walk.prompt_ends()  # VIP greeting -> the support queue, nobody logged in
+    await walk.timers(after_s=31)
+    announcement = walk.last_play()
+    assert announcement.files == (
+        "/prompts/ivr.main.v1.vip_queue.announce.position.0.en.wav",
+        "/prompts/ivr.main.v1.digits.en.1.wav",
+    )

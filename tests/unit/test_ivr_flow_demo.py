@@ -11,8 +11,8 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ivr.flow_engine import FlowEngine, Step
-from ivr.flow_events import (
+from ivr.engine import FlowEngine, Step
+from ivr.events import (
     AgentConnected,
     AgentHungUp,
     CallStarted,
@@ -45,8 +45,14 @@ SATURDAY_20 = datetime(2026, 3, 7, 12, 0, tzinfo=UTC).timestamp()  # 20:00 in Sh
 NATIONAL_DAY = datetime(2026, 10, 1, 2, 0, tzinfo=UTC).timestamp()
 
 
+OFFICE_HOURS = {"mon-fri": ["09:00-18:00"], "sat": ["10:00-14:00"]}
+
+
 def demo() -> dict[str, Flow]:
-    return FlowFile.model_validate(yaml.safe_load(DEMO.read_text(encoding="utf-8"))).ivr
+    """The demo flow with real office hours (the shipped demo answers around the clock)."""
+    data = yaml.safe_load(DEMO.read_text(encoding="utf-8"))
+    data["ivr"]["main"]["calendars"]["office"]["hours"] = OFFICE_HOURS
+    return FlowFile.model_validate(data).ivr
 
 
 def key(node: str, slot: str, lang: str) -> str:

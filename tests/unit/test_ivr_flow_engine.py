@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from ivr.flow_engine import (
+from ivr.engine import (
     TRANSITIONS,
     FlowEngine,
     IllegalTransition,
@@ -16,7 +16,7 @@ from ivr.flow_engine import (
     luhn_ok,
     state_diagram,
 )
-from ivr.flow_events import (
+from ivr.events import (
     AgentConnected,
     AgentHungUp,
     CallGone,

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from ivr.flow_engine import FlowEngine
+from ivr.engine import FlowEngine
 from ivr.schema import Flow, FlowFile
 from ivr.validate import check_file, render_path, validate_flows
 

@@ -1,11 +1,7 @@
-"""What goes into and comes out of the flow engine (`ivr.flow_engine`): frozen data.
+"""What goes into and comes out of the flow engine (`ivr.engine`): frozen data.
 
 Events in are caller and system facts the core translates from the media workers, the
-queue engine and the CRM; commands out are what the core must carry out. The events
-`DigitPressed`, `PromptEnded` and `CallGone` and the commands `PlayPrompt` and
-`Disconnect` are the very classes of the single-menu engine (`ivr.engine`), so the
-core's translation of DTMF, playback and hang-ups works for both engines.
-
+queue engine and the CRM; commands out are what the core must carry out.
 Prompts are always keys (`ivr.prompts`), never files: the core maps them to WAV files.
 """
 
@@ -14,8 +10,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
-
-from ivr.engine import CallGone, DigitPressed, Disconnect, PlayPrompt, PromptEnded
 
 __all__ = [
     "AgentConnected",
@@ -30,6 +24,7 @@ __all__ = [
     "FlowCommand",
     "FlowEnded",
     "FlowEvent",
+    "IllegalTransition",
     "LeaveQueue",
     "Lookup",
     "LookupResult",
@@ -47,6 +42,49 @@ __all__ = [
     "TransferFailed",
     "VoicemailRecorded",
 ]
+
+
+class IllegalTransition(RuntimeError):
+    """A session was asked to move where its state machine does not allow."""
+
+
+# ---------------------------------------------------------------- shared with every caller leg
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DigitPressed:
+    call_id: str
+    digit: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PromptEnded:
+    """The prompt with sequence number `seq` finished or was cut by barge-in."""
+
+    call_id: str
+    seq: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CallGone:
+    """The caller hung up (or the leg failed); forget the session."""
+
+    call_id: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PlayPrompt:
+    call_id: str
+    seq: int
+    """Echoed back in `PromptEnded`, so a late end of an older prompt is ignored."""
+    prompts: tuple[str, ...]
+    barge_in: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Disconnect:
+    call_id: str
+    reason: str
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
