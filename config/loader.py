@@ -9,6 +9,9 @@ are looked up now, relative to the main configuration file, not mid-call.
 
 from __future__ import annotations
 
+import functools
+import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -149,9 +152,39 @@ def flow_file_prompts(flow: Flow) -> Iterator[tuple[tuple[str | int, ...], Path]
                 yield ("digits", language, digit, "file"), prompt.file
 
 
+@functools.cache
+def espeak_voices() -> frozenset[str] | None:
+    """What `espeak-ng -v` accepts (languages, voice names, files); None: no espeak-ng."""
+    if shutil.which("espeak-ng") is None:
+        return None
+    done = subprocess.run(
+        ["espeak-ng", "--voices"], capture_output=True, text=True, timeout=10, check=False
+    )
+    voices: set[str] = set()
+    for line in done.stdout.splitlines()[1:]:
+        cols = line.split()
+        if len(cols) >= 5:
+            voices |= {cols[1].lower(), cols[3].lower(), cols[4].lower(),
+                       cols[4].rsplit("/", 1)[-1].lower()}  # fmt: skip
+    return frozenset(voices)
+
+
+def flow_text_voices(flow: Flow) -> Iterator[tuple[tuple[str | int, ...], str]]:
+    """(path inside the flow, voice) of every text prompt of a flow, as it will be spoken."""
+    for language in flow.languages:
+        yield ("voices", language), flow.voice(language)
+    for node_name, node in flow.nodes.items():
+        for slot, localized in node.prompt_slots():
+            for language, prompt in localized.items():
+                if prompt.text is not None and prompt.voice is not None:
+                    yield ("nodes", node_name, *slot, language, "voice"), prompt.voice
+
+
 def _resolve_files(settings: Settings, base: Path, source: str) -> Settings:
-    """Prompt files are relative to the config file; check they exist now, not mid-call."""
+    """Prompt files are relative to the config file; check they exist now, not mid-call.
+    Text prompts must name voices espeak-ng has (when espeak-ng is installed)."""
     missing: list[str] = []
+    voices = espeak_voices()
 
     def exists(file: Path) -> bool:
         return (file if file.is_absolute() else base / file).is_file()
@@ -164,6 +197,12 @@ def _resolve_files(settings: Settings, base: Path, source: str) -> Settings:
     for name, queue in settings.queues.items():
         check(queue.music_on_hold, f"queues.{name}.music_on_hold")
     for name, flow in settings.ivr.items():
+        for where, voice in flow_text_voices(flow):
+            if voices is not None and voice.lower() not in voices:
+                missing.append(
+                    f"{source}: {render_path(('ivr', name, *where))}: espeak-ng has no "
+                    f"voice {voice!r} (see espeak-ng --voices)"
+                )
         for where, file in flow_file_prompts(flow):
             if not exists(file):
                 missing.append(

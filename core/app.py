@@ -126,6 +126,15 @@ class Call:
     voicemail_ticket: str | None = None
     transfer_to: str | None = None
     callback_number: str | None = None
+    # -- a callback the queue engine placed (agent first, then the customer)
+    row_id: str = ""
+    """The SQL row; empty: `call_id` (a callback writes `<call id>-cb`)."""
+    callback_uri: str | None = None
+    customer_leg: str | None = None
+
+    @property
+    def is_callback(self) -> bool:
+        return bool(self.row_id) and self.row_id != self.call_id
 
     def record(self) -> CallRecord:
         def ts(value: float | None) -> datetime | None:
@@ -133,7 +142,7 @@ class Call:
 
         survey = self.survey
         return CallRecord(
-            call_id=self.call_id,
+            call_id=self.row_id or self.call_id,
             sip_call_id=self.sip_call_id,
             caller=self.caller,
             did=self.did,
@@ -456,6 +465,9 @@ class Core:
         if role == "transfer":
             self._transfer_answered(call, e.leg)
             return
+        if role in ("cb_agent", "cb_customer"):
+            self._callback_answered(call, e.leg, role)
+            return
         if call.agent_leg != e.leg or call.answered_at is not None or call.caller_ended:
             # An agent picked up an offer that was already cancelled or superseded: end
             # that leg rather than leave the agent on dead air.
@@ -524,6 +536,9 @@ class Core:
             return
         if role == "transfer":
             self._transfer_ended(call, e)
+            return
+        if role in ("cb_agent", "cb_customer"):
+            self._callback_leg_ended(call, e.leg, e)
             return
         if role == "agent":
             if e.leg != call.agent_leg:
@@ -665,7 +680,7 @@ class Core:
         self._save(call)
         # keep the view for a moment so a late RecordingFinished still lands in the row
         assert self._loop is not None
-        self._loop.call_later(30.0, self.calls.pop, call.call_id, None)
+        self._loop.call_later(30.0, self._forget, call)
 
     def _save(self, call: Call) -> None:
         async def write() -> None:
@@ -1037,6 +1052,13 @@ class Core:
             )
         elif isinstance(cmd, acd.CancelOffer):
             call = self.calls.get(cmd.call_id)
+            if call is not None and call.is_callback and call.answered_at is None:
+                # the engine gave the callback attempt up (it retries later itself)
+                call.hangup_side = "callback_failed"
+                for cb_leg in (call.agent_leg, call.customer_leg):
+                    if cb_leg is not None and cb_leg in self.legs:
+                        self._send(call.worker, ev.Hangup(leg=cb_leg))
+                return
             if call is not None and call.agent_leg is not None and call.answered_at is None:
                 self._send(call.worker, ev.Hangup(leg=call.agent_leg))
                 call.agent_leg = call.agent = None  # a late answer on it is hung up
@@ -1045,8 +1067,6 @@ class Core:
         elif isinstance(cmd, acd.Overflow):
             self._overflow(cmd)
         elif isinstance(cmd, acd.PlaceCallback):
-            # Callbacks are placed from a worker through the trunk: see the closing note
-            # of issue #4 (the edge routes worker INVITEs to a trunk's `outbound`).
             self._place_callback(cmd)
         else:
             self._publish(cmd)
@@ -1096,11 +1116,149 @@ class Core:
         self._acd(failed)
         self._pump()
 
+    # -- callbacks
+
     def _place_callback(self, cmd: acd.PlaceCallback) -> None:
-        log.error("call %s: callback to %s for %s not placed: callbacks need the "
-                  "outbound leg pairing that is not built yet", cmd.call_id, cmd.number,
-                  cmd.agent_id)  # fmt: skip
-        self._acd(acd.CallbackFailed(call_id=cmd.call_id, reason="callbacks unavailable"))
+        """The queue engine reserved an agent for a caller who kept their place: ring the
+        agent first, then dial the customer through the trunk, then bridge the two.
+
+        The callback is its own row (`<call id>-cb`), linked by `callback_for`; the
+        original call's row keeps what happened while the caller was on the line."""
+        worker = self._least_loaded_worker()
+        agent = self.settings.agents[cmd.agent_id]
+        try:
+            customer_uri = trunk_uri(self.settings, cmd.number)
+        except ValueError as exc:
+            log.error("call %s: callback to %s cannot be placed: %s", cmd.call_id, cmd.number, exc)
+            self._acd(acd.CallbackFailed(call_id=cmd.call_id, reason=str(exc)))
+            return
+        if worker is None:
+            log.warning("call %s: no worker up for the callback; retried", cmd.call_id)
+            self._acd(acd.CallbackFailed(call_id=cmd.call_id, reason="no worker"))
+            return
+        original = self.calls.get(cmd.call_id)
+        call = Call(
+            call_id=cmd.call_id,
+            row_id=f"{cmd.call_id}-cb",
+            worker=worker,
+            sip_call_id="",
+            caller=cmd.number,
+            did=original.did if original is not None else "",
+            arrived_at=time.time(),
+            queue=cmd.queue,
+            agent=cmd.agent_id,
+            offered_at=time.time(),
+            callback_number=cmd.number,
+            callback_uri=customer_uri,
+            variables={"callback_for": cmd.call_id},
+        )
+        if cmd.trace is not None:
+            call.routing.append(plain(cmd.trace))
+        call.caller_ended = True  # no caller leg yet: the customer is dialled later
+        self.calls[cmd.call_id] = call
+        leg = uuid.uuid4().hex
+        call.agent_leg = leg
+        self.legs[leg] = (call.call_id, "cb_agent")
+        edge = self.settings.edge
+        log.info("call %s: callback to %s, ringing %s first", cmd.call_id, cmd.number,
+                 cmd.agent_id)  # fmt: skip
+        self._send(
+            worker,
+            ev.Dial(
+                leg=leg,
+                uri=f"sip:{agent.sip_user}@{edge.sip_host}:{edge.sip_port}",
+                caller_id=cmd.number,
+            ),
+            on_fail=lambda _r, c=call, leg=leg: self._callback_leg_failed(c, leg, "not placed"),
+        )
+
+    def _least_loaded_worker(self) -> int | None:
+        up = [w for w in self.workers.values() if w.up]
+        return min(up, key=lambda w: (w.legs, w.worker)).worker if up else None
+
+    def _callback_answered(self, call: Call, leg: str, role: str) -> None:
+        if role == "cb_agent":
+            if call.agent_leg != leg or call.customer_leg is not None:
+                self._send(call.worker, ev.Hangup(leg=leg))
+                return
+            # the agent is there: now the customer's phone rings
+            customer = uuid.uuid4().hex
+            call.customer_leg = customer
+            self.legs[customer] = (call.call_id, "cb_customer")
+            assert call.callback_uri is not None
+            self._send(
+                call.worker,
+                ev.Dial(leg=customer, uri=call.callback_uri, caller_id=call.did, related_leg=leg),
+                on_fail=lambda _r, c=call, leg=customer: self._callback_leg_failed(
+                    c, leg, "not placed"
+                ),
+            )
+            return
+        if call.customer_leg != leg or call.agent_leg not in self.legs:
+            self._send(call.worker, ev.Hangup(leg=leg))
+            return
+        try:
+            self._acd(acd.CallbackAnswered(call_id=call.call_id))
+        except acd.IllegalTransition:
+            log.warning("call %s: callback answered after it was given up", call.call_id)
+            self._send(call.worker, ev.Hangup(leg=leg))
+            return
+        call.answered_at = time.time()
+        if self.settings.recording.enabled:
+            call.recording = str(recording_path(self.data_dir, call.row_id, call.arrived_at))
+        assert call.agent_leg is not None
+        self._send(
+            call.worker,
+            ev.Bridge(a=leg, b=call.agent_leg, record_path=call.recording or ""),
+            on_fail=lambda _r, c=call: self._bridge_failed(c),
+        )
+        self._publish(
+            ev.CallAnswered(call_id=call.call_id, queue=call.queue or "", agent=call.agent or "",
+                            wait_s=0.0)
+        )  # fmt: skip
+
+    def _callback_leg_failed(self, call: Call, leg: str, reason: str) -> None:
+        """A callback leg could not be placed (the worker refused the Dial)."""
+        if self.legs.pop(leg, None) is None:
+            return
+        self._callback_leg_ended(
+            call, leg, ev.LegEnded(worker=call.worker, leg=leg, by="error", sip_code=500,
+                                   reason=reason)
+        )  # fmt: skip
+        self._pump()
+
+    def _callback_leg_ended(self, call: Call, leg: str, e: ev.LegEnded) -> None:
+        other = call.customer_leg if leg == call.agent_leg else call.agent_leg
+        if call.answered_at is None:
+            reason = f"{e.sip_code} {e.reason}".strip()
+            if call.hangup_side is not None:
+                pass  # the engine already gave this attempt up (CancelOffer)
+            elif leg == call.agent_leg and call.customer_leg is None:
+                # the agent did not pick up: the engine's usual no-answer handling
+                self._acd(acd.OfferFailed(call_id=call.call_id, reason="no_answer"))
+            else:
+                self._acd(acd.CallbackFailed(call_id=call.call_id, reason=reason))
+            call.hangup_side = call.hangup_side or "callback_failed"
+        elif leg == call.customer_leg:
+            call.caller_rtp = e.rtp
+            call.hangup_side = call.hangup_side or "caller"
+        else:
+            call.agent_rtp = e.rtp
+            call.hangup_side = call.hangup_side or "agent"
+        if other is not None and other in self.legs:
+            self._send(call.worker, ev.Hangup(leg=other))
+            return
+        # both legs are gone: the callback is over
+        if call.answered_at is not None:
+            self._acd(acd.CallLeft(call_id=call.call_id))
+        call.ended_at = time.time()
+        self._save(call)
+        assert self._loop is not None
+        self._loop.call_later(30.0, self._forget, call)
+
+    def _forget(self, call: Call) -> None:
+        if self.calls.get(call.call_id) is call:
+            del self.calls[call.call_id]
 
     # ------------------------------------------------------------------ I/O
 
@@ -1171,7 +1329,11 @@ class Core:
             if polls % RECONCILE_EVERY == 0:
                 # Self-healing: whatever the engine holds that the media side and the
                 # registrar no longer know about is let go.
-                live = frozenset(cid for cid, c in self.calls.items() if not c.caller_ended)
+                live = frozenset(
+                    cid
+                    for cid, c in self.calls.items()
+                    if c.ended_at is None and (not c.caller_ended or c.is_callback)
+                )
                 agents = frozenset(users[u] for u in registered if u in users)
                 self._acd(acd.Reconcile(live_calls=live, registered_agents=agents), now=now)
                 self._spawn(self._check_database())

@@ -19,6 +19,7 @@ play prompts that a digit cuts short (and to run the recogniser for spoken menus
 
 from __future__ import annotations
 
+import heapq
 import math
 import re
 from collections import deque
@@ -264,6 +265,13 @@ class FlowEngine:
         self._current: int | None = None
         self._sessions: dict[str, Session] = {}
         self._commands: deque[FlowCommand] = deque()
+        self._deadlines: list[tuple[float, str]] = []
+        """Heap of (deadline, call id); an entry whose session's deadline moved is stale
+        and skipped, so a timer costs O(log n), not a scan of every call."""
+        self._queued_at: dict[str, float] = {}
+        """call id -> the deadline last pushed for it"""
+        self._running: dict[int, int] = {}
+        """flow version -> calls running it (a version nobody runs is dropped)"""
         if flows is not None:
             self.load_flows(flows, version=version)
 
@@ -298,10 +306,10 @@ class FlowEngine:
         return out
 
     def _prune(self) -> None:
-        used = {s.version for s in self._sessions.values()} | {self._current}
         for version in list(self._versions):
-            if version not in used:
+            if version != self._current and not self._running.get(version):
                 del self._versions[version]
+                self._running.pop(version, None)
 
     # -- queries
 
@@ -312,12 +320,36 @@ class FlowEngine:
         return self._commands.popleft() if self._commands else None
 
     def next_deadline(self) -> float | None:
-        deadlines = [d for s in self._sessions.values() if (d := s.deadline) is not None]
-        return min(deadlines, default=None)
+        heap = self._deadlines
+        while heap:
+            at, call_id = heap[0]
+            s = self._sessions.get(call_id)
+            if s is not None and s.deadline == at:
+                return at
+            heapq.heappop(heap)  # stale: the call left, or its deadline moved
+            if self._queued_at.get(call_id) == at:
+                del self._queued_at[call_id]
+        return None
+
+    def _track(self, call_id: str) -> None:
+        """Remember the session's next deadline after anything that may have moved it."""
+        s = self._sessions.get(call_id)
+        at = s.deadline if s is not None else None
+        if at is None:
+            self._queued_at.pop(call_id, None)
+        elif self._queued_at.get(call_id) != at:
+            self._queued_at[call_id] = at
+            heapq.heappush(self._deadlines, (at, call_id))
 
     # -- inputs
 
     def handle(self, event: FlowEvent, *, now: float) -> None:
+        try:
+            self._handle(event, now)
+        finally:
+            self._track(event.call_id)
+
+    def _handle(self, event: FlowEvent, now: float) -> None:
         if isinstance(event, CallStarted):
             self._start(event, now)
             return
@@ -363,11 +395,19 @@ class FlowEngine:
             self._enter(s, node.on_fail, now)
 
     def handle_timer(self, *, now: float) -> None:
-        for s in list(self._sessions.values()):
+        heap = self._deadlines
+        while heap and heap[0][0] <= now:
+            at, call_id = heapq.heappop(heap)
+            if self._queued_at.get(call_id) == at:
+                del self._queued_at[call_id]
+            s = self._sessions.get(call_id)
+            if s is None:
+                continue
             # each firing removes its timer or re-arms it later than `now`
             while s.step is not Step.DONE and (due := _first_due(s, now)) is not None:
                 del s.timers[due]
                 self._fire(s, due, now)
+            self._track(call_id)
 
     # -- starting, ending
 
@@ -389,6 +429,7 @@ class FlowEngine:
             language=flow.default_language,
         )
         self._sessions[s.call_id] = s
+        self._running[s.version] = self._running.get(s.version, 0) + 1
         self._log(s, now, "start", f"{event.flow} v{self._current}")
         self._enter(s, flow.start, now)
 
@@ -408,6 +449,7 @@ class FlowEngine:
         s.move(Step.DONE)
         s.timers.clear()
         del self._sessions[s.call_id]
+        self._running[s.version] -= 1
         self._commands.append(
             FlowEnded(
                 call_id=s.call_id,

@@ -10,6 +10,8 @@ through them, so a digit lands while the menu it answers is playing.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 import urllib.request
 import wave
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from ivr.engine import FlowEngine
 from ivr.schema import Flow
@@ -220,3 +223,74 @@ def test_a_korean_caller_chooses_by_voice(center: Center, artifacts: Path) -> No
     spoken = [detail for _, what, detail in steps if what == "speech"]
     assert spoken and spoken[0].startswith("영업"), steps
     assert result_row["queue"] == "sales" and result_row["hangup_side"] == "abandon"
+
+
+def test_config_reload_serves_new_calls_and_refuses_a_broken_flow(center: Center) -> None:
+    """`kefu config reload`: a fixed flow becomes version 2; a broken one changes nothing
+    and the problem is printed with its file and path."""
+    cfg = center.data_dir.parent / "kefu.yaml"
+    config = yaml.safe_load(cfg.read_text())
+    config["ivr"]["korean"]["nodes"]["menu"]["timeout_s"] = 9
+
+    def reload(data: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+        cfg.write_text(yaml.safe_dump(data, allow_unicode=True))
+        return subprocess.run(
+            [sys.executable, "-m", "core.cli", "config", "reload", str(cfg)],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+
+    done = reload(config)
+    assert done.returncode == 0, done.stderr
+    assert "flows reloaded: version 2 (korean, main)" in done.stdout
+    config["ivr"]["korean"]["nodes"]["menu"]["speech"]["영업"] = "nowhere"
+    done = reload(config)
+    assert done.returncode == 2
+    assert f"{cfg}: ivr.korean.nodes.menu.speech.영업: unknown node 'nowhere'" in done.stderr
+    assert "version 2" in center.log("core") and "reload refused" not in done.stdout
+
+
+def test_a_caller_keeps_their_place_and_is_called_back_through_the_trunk(
+    center: Center, artifacts: Path
+) -> None:
+    """Nobody staffs sales: after the offer the caller presses 1 and hangs up; when
+    alice logs in the engine reserves her, her phone rings first, then the customer's
+    number is dialled through the trunk's carrier and the two are bridged."""
+    number = "13800000002"
+    ms = prompt_ms(center, "main", "en")
+    walk = [
+        Wait(1000), Press("1"),  # English
+        Wait(1500), Press("1"),  # sales
+        Wait(1500), Press("1"),  # a new order: the sales queue
+        # "press 1 to be called back" comes after CALLBACK_AFTER_S, or after the position
+        # announcement due at the same moment: a 1 every 2 s catches it (a 1 before the
+        # offer means nothing in the queue, and one after it is taken is ignored)
+        Wait(CALLBACK_AFTER_S * 1000 + 1000),
+        *[step for _ in range(8) for step in (Press("1"), Wait(1800))],
+        AwaitBye(max_ms=ms["callback_ok.prompt.0"] + 10_000),
+    ]  # fmt: skip
+    caller = start_walk("callback-walk", artifacts, walk, center.edge, caller=number,
+                        local_port=center.sipp_port(4))  # fmt: skip
+    carrier = start_sipp(
+        "carrier", artifacts, "uas_answer.xml", "127.0.0.1:1", local_port=center.ports["carrier"],
+        media_port=free_port(span=4), calls=1, timeout_s=120,
+        keys={"ring_ms": "300", "hold_ms": "3600000"},
+    )  # fmt: skip
+    procs = [caller, carrier]
+    try:
+        center.wait_until_queued(number, timeout=30)
+        wait_until(lambda: not caller.alive(), 60, "the caller to accept the callback")
+        assert caller.returncode() == 0, caller.log_tail(30)
+        (first,) = center.wait_calls(1, timeout=20, where=lambda r: r["caller"] == number)
+        assert first["callback_number"] == number and first["queue"] == "sales"
+        procs.append(agent_phone(center, "1001", "alice-demo-secret", 5, artifacts, 4000))
+        (back,) = center.wait_calls(
+            1, timeout=60, where=lambda r: r["call_id"] == first["call_id"] + "-cb"
+        )
+    finally:
+        for proc in procs:
+            proc.stop()
+    assert back["agent"] == "alice" and back["queue"] == "sales"
+    assert back["answered_at"] is not None and back["hangup_side"] == "agent"
+    assert back["callback_number"] == number and back["caller"] == number
+    assert json.loads(back["variables"]) == {"callback_for": first["call_id"]}
+    assert back["caller_rtp_rx"] > 0 and back["agent_rtp_rx"] > 0  # audio both ways

@@ -179,3 +179,19 @@ def test_a_flow_defined_twice_or_missing_is_refused(tmp_path: Path) -> None:
     del data["ivr"]
     lines = errors(data)
     assert "demo.yaml: ivr: no call flow: write one under ivr: or in flow_files" in lines
+
+
+def test_a_voice_espeak_ng_lacks_is_refused_at_load(tmp_path: Path) -> None:
+    """A text prompt that could not be rendered fails the load, not the first call."""
+    data = demo()
+    data["ivr"]["main"]["voices"]["zh"] = "martian"
+    node(data, "goodbye")["prompt"]["en"]["voice"] = "en-xx"
+    cfg = tmp_path / "center.yaml"
+    cfg.write_text(yaml.safe_dump(data, allow_unicode=True))
+    with pytest.raises(ConfigError) as info:
+        load(cfg)
+    assert info.value.lines == [
+        f"{cfg}: ivr.main.voices.zh: espeak-ng has no voice 'martian' (see espeak-ng --voices)",
+        f"{cfg}: ivr.main.nodes.goodbye.prompt[0].en.voice: espeak-ng has no voice 'en-xx' "
+        "(see espeak-ng --voices)",
+    ]

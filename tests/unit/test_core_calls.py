@@ -68,7 +68,15 @@ class Harness:
 async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
     data = demo_data()  # the demo flow answers 2000; 1000 is a one-level menu
     data["ivr"]["simple"] = menu_flow({"1": "sales", "2": "support"})
-    data["dids"] = {"1000": {"ivr": "simple"}, "2000": {"ivr": "main"}}
+    data["ivr"]["xfer"] = {
+        "start": "out", "languages": ["en"], "default_language": "en",
+        "nodes": {
+            "out": {"kind": "transfer", "number": "5550100", "on_fail": "sorry"},
+            "sorry": {"kind": "hangup", "prompt": {"text": "Nobody answered."}},
+        },
+    }  # fmt: skip
+    data["dids"] = {"1000": {"ivr": "simple"}, "2000": {"ivr": "main"}, "3000": {"ivr": "xfer"}}
+    data["edge"]["trunks"][0]["outbound"] = "127.0.0.1:5999"  # the carrier
     core = Core(parse(data, "test.yaml"), tmp_path, demo_path())
     core._loop = asyncio.get_running_loop()
     core.prompt_files = {k: f"/prompts/{k}.wav" for k in _prompt_keys(core)}
@@ -263,6 +271,15 @@ class Walk:
         await self.h.settled()
         self.drain()
 
+    async def until_callback_offer(self) -> None:
+        """Wait in the queue (announcements play and end) until the callback offer."""
+        for i in range(4):
+            await self.timers(after_s=61 + 10 * i)
+            if "callback.prompt" in self.last_play().files[0]:
+                return
+            await self.prompt_ends()
+        raise AssertionError("no callback offer")
+
     async def hang_up(self) -> None:
         await self.h.send(ev.LegEnded(worker=W, leg=self.leg, by="remote", sip_code=200, reason=""))
         await self.h.settled()
@@ -389,3 +406,112 @@ async def test_position_is_announced_even_when_no_agent_could_take_the_call(
         "/prompts/ivr.main.v1.vip_queue.announce.position.0.en.wav",
         "/prompts/ivr.main.v1.digits.en.1.wav",
     )
+
+
+async def test_a_callback_rings_the_agent_then_the_customer_through_the_trunk(
+    harness: Harness,
+) -> None:
+    core = harness.core
+    await harness.send(ev.WorkerStatus(worker=W, up=True, pid=7, legs=0))
+    core.set_agent_state("alice", "away", "lunch")
+    walk = Walk(harness, caller="13800000002")
+    await walk.start()
+    for _ in range(3):  # English, sales, a new order: the sales queue
+        await walk.press("1")
+    await walk.until_callback_offer()
+    await walk.press("1")
+    await walk.prompt_ends()  # "we will call you back": the IVR hangs up
+    assert any(isinstance(c, ev.Hangup) and c.leg == "walk-1" for c in walk.sent)
+    await walk.hang_up()
+    first = core.store.get("walk-1")
+    assert first is not None and first.callback_number == "13800000002"
+
+    core.set_agent_state("alice", "available")
+    dial_agent = next(c for c in walk.drain() if isinstance(c, ev.Dial))
+    assert dial_agent.uri.startswith("sip:1001@") and dial_agent.caller_id == "13800000002"
+    await harness.send(ev.LegAnswered(worker=W, leg=dial_agent.leg))
+    (dial_customer,) = [c for c in walk.drain() if isinstance(c, ev.Dial)]
+    assert dial_customer.uri.startswith("sip:13800000002@") and ";trunk=" in dial_customer.uri
+    await harness.send(ev.LegAnswered(worker=W, leg=dial_customer.leg))
+    (bridge,) = [c for c in walk.drain() if isinstance(c, ev.Bridge)]
+    assert {bridge.a, bridge.b} == {dial_agent.leg, dial_customer.leg}
+    assert core.acd.agent("alice").state is AgentState.ON_CALL
+    await harness.send(
+        ev.LegEnded(worker=W, leg=dial_agent.leg, by="remote", sip_code=200, reason="")
+    )
+    assert any(isinstance(c, ev.Hangup) and c.leg == dial_customer.leg for c in walk.drain())
+    await harness.send(
+        ev.LegEnded(worker=W, leg=dial_customer.leg, by="local", sip_code=200, reason="")
+    )
+    await harness.settled()
+    back = core.store.get("walk-1-cb")
+    assert back is not None and back.agent == "alice" and back.answered_at is not None
+    assert back.hangup_side == "agent" and back.callback_number == "13800000002"
+    assert core.acd.agent("alice").state is AgentState.WRAP_UP
+
+
+async def test_a_callback_the_customer_does_not_answer_is_retried_later(
+    harness: Harness,
+) -> None:
+    core = harness.core
+    await harness.send(ev.WorkerStatus(worker=W, up=True, pid=7, legs=0))
+    core.set_agent_state("alice", "away", "lunch")
+    walk = Walk(harness, caller="13800000003")
+    await walk.start()
+    for _ in range(3):
+        await walk.press("1")
+    await walk.until_callback_offer()
+    await walk.press("1")
+    await walk.prompt_ends()
+    await walk.hang_up()
+    core.set_agent_state("alice", "available")
+    dial_agent = next(c for c in walk.drain() if isinstance(c, ev.Dial))
+    await harness.send(ev.LegAnswered(worker=W, leg=dial_agent.leg))
+    (dial_customer,) = [c for c in walk.drain() if isinstance(c, ev.Dial)]
+    await harness.send(
+        ev.LegEnded(worker=W, leg=dial_customer.leg, by="remote", sip_code=486, reason="Busy")
+    )
+    assert any(isinstance(c, ev.Hangup) and c.leg == dial_agent.leg for c in walk.drain())
+    await harness.send(
+        ev.LegEnded(worker=W, leg=dial_agent.leg, by="local", sip_code=200, reason="")
+    )
+    await harness.settled()
+    assert core.acd.agent("alice").state is AgentState.AVAILABLE  # not the agent's fault
+    assert "walk-1" in {c.call_id for c in core.acd.waiting()}  # the place is kept
+    row = core.store.get("walk-1-cb")
+    assert row is not None and row.hangup_side == "callback_failed" and row.answered_at is None
+
+
+async def test_a_transfer_dials_through_the_trunk_and_bridges_or_falls_back(
+    harness: Harness,
+) -> None:
+    core = harness.core
+    for leg, answered in (("xfer-1", True), ("xfer-2", False)):
+        await harness.send(
+            ev.LegIncoming(worker=W, leg=leg, sip_call_id=leg, caller="5550111", did="3000")
+        )
+        await harness.send(ev.LegAnswered(worker=W, leg=leg))
+        dial, _ = harness.last(ev.Dial)
+        assert dial.uri.startswith("sip:5550100@") and dial.uri.endswith(";trunk=demo-trunk")
+        assert dial.related_leg == leg
+        if answered:
+            await harness.send(ev.LegAnswered(worker=W, leg=dial.leg))
+            bridge, _ = harness.last(ev.Bridge)
+            assert (bridge.a, bridge.b, bridge.hangup_together) == (leg, dial.leg, True)
+            await harness.send(ev.LegEnded(worker=W, leg=dial.leg, by="remote", sip_code=200,
+                                           reason=""))  # fmt: skip
+            await harness.send(ev.LegEnded(worker=W, leg=leg, by="local", sip_code=200,
+                                           reason=""))  # fmt: skip
+        else:  # busy: the flow's on_fail says so and hangs up
+            await harness.send(ev.LegEnded(worker=W, leg=dial.leg, by="remote", sip_code=486,
+                                           reason="Busy Here"))  # fmt: skip
+            play, _ = harness.last(ev.Play)
+            assert play.files == ("/prompts/ivr.xfer.v1.sorry.prompt.0.en.wav",)
+            await harness.send(ev.LegEnded(worker=W, leg=leg, by="remote", sip_code=200,
+                                           reason=""))  # fmt: skip
+        await harness.settled()
+        row = core.store.get(leg)
+        assert row is not None and row.transfer_to == "5550100" and row.ended_at is not None
+        assert (row.answered_at is not None) is answered
+        steps = [s["what"] for s in json.loads(row.ivr_path or "[]")]
+        assert "transfer" in steps and ("transfer_failed" in steps) is not answered

@@ -231,6 +231,9 @@ def test_random_callers_never_break_the_engine_and_every_call_ends(
         elif (event := _event(action, engine, out)) is not None:
             engine.handle(event, now=now)
         drain()
+        s = engine.session("c1")
+        # the deadline heap agrees with the session's own timers
+        assert engine.next_deadline() == (s.deadline if s is not None else None)
 
     # then the caller goes quiet; agents answer and hang up; the call must end
     for _ in range(300):

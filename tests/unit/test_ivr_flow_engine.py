@@ -968,3 +968,29 @@ def test_state_diagram_is_drawn_from_the_table() -> None:
     diagram = state_diagram()
     assert "QUEUED --> CONNECTED" in diagram and "CONNECTED --> ANNOUNCING" not in diagram
     assert diagram.count(" --> ") == sum(len(t) for t in TRANSITIONS.values()) + 2
+
+
+def test_timers_of_many_calls_fire_in_order_and_a_moved_deadline_waits() -> None:
+    """The deadline heap: each call's own timeout, in order, none early or twice."""
+    flow = make_flow(
+        {
+            "m": {"kind": "menu", "prompt": {"text": "?"}, "options": {"1": "bye"},
+                  "timeout_s": 5, "max_timeouts": 1, "fallback": "bye"},
+            "bye": {"kind": "hangup"},
+        }
+    )  # fmt: skip
+    engine = FlowEngine({"main": flow})
+    for i in range(3):
+        engine.handle(CallStarted(call_id=f"c{i}", flow="main"), now=100.0 + i)
+        s = engine.session(f"c{i}")
+        assert s is not None
+        engine.handle(PromptEnded(call_id=f"c{i}", seq=s.seq), now=100.0 + i)
+    while engine.next_command() is not None:
+        pass
+    assert engine.next_deadline() == 105.0
+    # c0 presses a digit at 104: its menu ends, the next deadline is c1's
+    engine.handle(DigitPressed(call_id="c0", digit="1"), now=104.0)
+    assert engine.next_deadline() == 106.0
+    engine.handle_timer(now=106.5)
+    assert engine.session("c1") is None and engine.session("c2") is not None
+    assert engine.next_deadline() == 107.0
