@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -52,18 +51,6 @@ from wire.events import (
 pytestmark = pytest.mark.integration
 
 OPTIONS = ["영업", "환불", "상담원"]  # sales, refund, an agent: reliable with espeak Korean
-
-
-@pytest.fixture
-def worker(tmp_path: Path, broker: int) -> Iterator[WorkerProc]:
-    w = WorkerProc(tmp_path, broker)
-    w.proc.start()
-    try:
-        yield w
-    finally:
-        code = w.proc.stop(timeout=8)
-        print(w.log())
-        assert code == 0, f"worker exited with {code}"
 
 
 async def answer(b: Bus) -> str:

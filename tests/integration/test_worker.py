@@ -161,19 +161,6 @@ class WorkerProc:
         return self.proc.log_tail(60)
 
 
-@pytest.fixture
-def worker(tmp_path: Path, broker: int) -> Iterator[WorkerProc]:
-    w = WorkerProc(tmp_path, broker)
-    w.proc.start()
-    try:
-        yield w
-    finally:
-        code = w.proc.stop(timeout=8)
-        print(w.log())
-        # A clean SIGTERM path (hang up, finish recordings, libDestroy) exits 0.
-        assert code == 0, f"worker exited with {code}"
-
-
 async def ready(b: Bus, w: WorkerProc, within: float = 10.0) -> WorkerStatus:
     try:
         return await b.event(WorkerStatus, within, up=True, pid=w.proc.pid)
