@@ -9,10 +9,7 @@ are looked up now, relative to the main configuration file, not mid-call.
 
 from __future__ import annotations
 
-import functools
-import shutil
-import subprocess
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -132,11 +129,14 @@ def parse(data: Any, source: str, base: Path | None = None) -> Settings:
         raise ConfigError(_explain(exc, source, flow_sources)) from None
 
 
-def load(path: Path | str | None = None) -> Settings:
-    """Read and validate a config file (the bundled demo when `path` is None)."""
+def load(path: Path | str | None = None, *, voices: Collection[str] | None = None) -> Settings:
+    """Read and validate a config file (the bundled demo when `path` is None).
+
+    `voices`: the voices the text-to-speech has (`recording.prompts.espeak_voices()`);
+    when given, a text prompt in any other voice is an error now, not mid-call."""
     file = Path(path) if path is not None else demo_path()
     settings = parse(_read_yaml(file), str(file), file.parent)
-    return _resolve_files(settings, file.parent, str(file))
+    return _resolve_files(settings, file.parent, str(file), voices)
 
 
 def flow_file_prompts(flow: Flow) -> Iterator[tuple[tuple[str | int, ...], Path]]:
@@ -152,23 +152,6 @@ def flow_file_prompts(flow: Flow) -> Iterator[tuple[tuple[str | int, ...], Path]
                 yield ("digits", language, digit, "file"), prompt.file
 
 
-@functools.cache
-def espeak_voices() -> frozenset[str] | None:
-    """What `espeak-ng -v` accepts (languages, voice names, files); None: no espeak-ng."""
-    if shutil.which("espeak-ng") is None:
-        return None
-    done = subprocess.run(
-        ["espeak-ng", "--voices"], capture_output=True, text=True, timeout=10, check=False
-    )
-    voices: set[str] = set()
-    for line in done.stdout.splitlines()[1:]:
-        cols = line.split()
-        if len(cols) >= 5:
-            voices |= {cols[1].lower(), cols[3].lower(), cols[4].lower(),
-                       cols[4].rsplit("/", 1)[-1].lower()}  # fmt: skip
-    return frozenset(voices)
-
-
 def flow_text_voices(flow: Flow) -> Iterator[tuple[tuple[str | int, ...], str]]:
     """(path inside the flow, voice) of every text prompt of a flow, as it will be spoken."""
     for language in flow.languages:
@@ -180,11 +163,12 @@ def flow_text_voices(flow: Flow) -> Iterator[tuple[tuple[str | int, ...], str]]:
                     yield ("nodes", node_name, *slot, language, "voice"), prompt.voice
 
 
-def _resolve_files(settings: Settings, base: Path, source: str) -> Settings:
+def _resolve_files(
+    settings: Settings, base: Path, source: str, voices: Collection[str] | None
+) -> Settings:
     """Prompt files are relative to the config file; check they exist now, not mid-call.
-    Text prompts must name voices espeak-ng has (when espeak-ng is installed)."""
+    Text prompts must name voices the text-to-speech has (when `voices` is given)."""
     missing: list[str] = []
-    voices = espeak_voices()
 
     def exists(file: Path) -> bool:
         return (file if file.is_absolute() else base / file).is_file()

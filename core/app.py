@@ -289,7 +289,9 @@ class Core:
         any problem changes nothing: the errors are returned, `file: path: problem`.
         """
         try:
-            settings = await asyncio.to_thread(load, self.config_path)
+            settings = await asyncio.to_thread(
+                functools.partial(load, self.config_path, voices=prompts.espeak_voices())
+            )
         except ConfigError as exc:
             return {"ok": False, "errors": exc.lines}
         version = (self.ivr.current_version or 0) + 1

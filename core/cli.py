@@ -16,6 +16,7 @@ from pathlib import Path
 def _core(argv: list[str]) -> int:
     from config.loader import ConfigError, demo_path, load
     from core.app import Core
+    from recording.prompts import espeak_voices
 
     parser = argparse.ArgumentParser(prog="kefu core")
     parser.add_argument("--config", type=Path, default=None)
@@ -27,7 +28,7 @@ def _core(argv: list[str]) -> int:
     )
     config_path = (args.config or demo_path()).resolve()
     try:
-        settings = load(config_path)
+        settings = load(config_path, voices=espeak_voices())
     except ConfigError as exc:
         print(f"kefu core: invalid configuration\n{exc}", file=sys.stderr)
         return 2
@@ -78,7 +79,9 @@ def _config(argv: list[str]) -> int:
             if problems:
                 raise ConfigError(problems)
         else:
-            load(args.file)
+            from recording.prompts import espeak_voices
+
+            load(args.file, voices=espeak_voices())
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2

@@ -27,6 +27,7 @@ from config.loader import ConfigError, demo_path, load
 from config.schema import Settings
 from pbx.edge import Edge, EdgeError
 from pbx.procs import ManagedProcess, PortBusy, port_is_free, require_free, start_mosquitto
+from recording.prompts import espeak_voices
 
 READY_TIMEOUT_S = 90.0
 MAX_BACKOFF_S = 30.0
@@ -222,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     config_path = (args.config or demo_path()).resolve()
     try:
-        settings = load(config_path)
+        settings = load(config_path, voices=espeak_voices())
     except ConfigError as exc:
         print(f"kefu serve: invalid configuration\n{exc}", file=sys.stderr)
         return 2

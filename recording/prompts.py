@@ -7,6 +7,7 @@ it anew and unchanged prompts are never rendered twice. Workers only ever see pa
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import shutil
@@ -38,6 +39,26 @@ _FORMAT = "v1-8k-mono-s16"
 
 class PromptError(RuntimeError):
     """A prompt cannot be rendered; the message says which and why."""
+
+
+@functools.cache
+def espeak_voices() -> frozenset[str] | None:
+    """What `espeak-ng -v` accepts (languages, voice names, files); None: no espeak-ng.
+
+    Passed to `config.loader.load(voices=...)` so a prompt in a voice espeak-ng lacks
+    fails the configuration, not the first call that would hear it."""
+    if shutil.which("espeak-ng") is None:
+        return None
+    done = subprocess.run(
+        ["espeak-ng", "--voices"], capture_output=True, text=True, timeout=10, check=False
+    )
+    voices: set[str] = set()
+    for line in done.stdout.splitlines()[1:]:
+        cols = line.split()
+        if len(cols) >= 5:
+            voices |= {cols[1].lower(), cols[3].lower(), cols[4].lower(),
+                       cols[4].rsplit("/", 1)[-1].lower()}  # fmt: skip
+    return frozenset(voices)
 
 
 def render_text(text: str, voice: str, cache_dir: Path) -> Path:

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from config.loader import ConfigError, load, parse
+from recording.prompts import espeak_voices
 from tests.support.configs import demo_data
 
 
@@ -189,7 +190,7 @@ def test_a_voice_espeak_ng_lacks_is_refused_at_load(tmp_path: Path) -> None:
     cfg = tmp_path / "center.yaml"
     cfg.write_text(yaml.safe_dump(data, allow_unicode=True))
     with pytest.raises(ConfigError) as info:
-        load(cfg)
+        load(cfg, voices=espeak_voices())
     assert info.value.lines == [
         f"{cfg}: ivr.main.voices.zh: espeak-ng has no voice 'martian' (see espeak-ng --voices)",
         f"{cfg}: ivr.main.nodes.goodbye.prompt[0].en.voice: espeak-ng has no voice 'en-xx' "
