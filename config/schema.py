@@ -23,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from config.crm import CrmSettings
 from ivr.schema import Flow
 from ivr.validate import validate_flows
 
@@ -33,6 +34,13 @@ Host = Annotated[
 ]
 """An IP address or host name (it is written into the edge's config)."""
 Name = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]{0,63}$")]
+Origin = Annotated[
+    str,
+    StringConstraints(
+        pattern=r"^https?://[A-Za-z0-9]([A-Za-z0-9.-]{0,252}[A-Za-z0-9])?(:[0-9]{1,5})?$"
+    ),
+]
+"""A web page's origin as browsers send it: scheme://host[:port], no path."""
 
 
 class _Model(BaseModel):
@@ -139,6 +147,28 @@ class Edge(_Model):
         description="registrations live in the edge's memory: after an edge restart, "
         "phones are back at their next refresh, at most this long",
     )
+    ws_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="SIP over WebSocket for browser softphones (JsSIP), plain ws on "
+        "sip_host; their media goes through rtpengine. None: no browsers, no rtpengine",
+    )
+    wss_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="SIP over secure WebSocket (wss) on sip_host, for agent desktops "
+        "served over https (a browser allows getUserMedia on plain http only from "
+        "localhost); needs tls_cert and tls_key",
+    )
+    tls_cert: Path | None = Field(None, description="PEM certificate (chain) for wss_port")
+    tls_key: Path | None = Field(None, description="PEM private key of tls_cert")
+    ws_origins: list[Origin] = Field(
+        default_factory=list,
+        description="pages allowed to open the WebSocket (the Origin header, e.g. "
+        "http://127.0.0.1:8080); any other handshake gets 403",
+    )
 
     @model_validator(mode="after")
     def _trunk_names(self) -> Self:
@@ -157,8 +187,53 @@ class Edge(_Model):
                         f"{trunk.outbound!r} is the edge itself: calls would loop",
                     )
                 )
+        if self.wss_port is not None:
+            for key in ("tls_cert", "tls_key"):
+                if getattr(self, key) is None:
+                    problems.append(((key,), "wss_port needs a PEM file here"))
+        if self.webrtc and not self.ws_origins:
+            problems.append(
+                (
+                    ("ws_origins",),
+                    "name the pages that may open the WebSocket (e.g. http://127.0.0.1:8080)",
+                )
+            )
         if problems:
             raise ReferenceProblems(problems)
+        return self
+
+    @property
+    def webrtc(self) -> bool:
+        """Browsers can register: the edge listens for WebSocket, `kefu serve` runs rtpengine."""
+        return self.ws_port is not None or self.wss_port is not None
+
+
+class Rtpengine(_Model):
+    """The media relay between browsers (WebRTC: ICE, DTLS-SRTP) and the workers (plain
+    RTP). Only started when `edge.ws_port` or `edge.wss_port` is set; userspace
+    forwarding, no kernel module."""
+
+    ng_port: int = Field(
+        22222, ge=1, le=65535, description="its control port (ng protocol, UDP, loopback)"
+    )
+    interface: Host = Field(
+        "127.0.0.1",
+        description="the address its media sockets bind to and put in SDP (the one "
+        "browsers and workers can reach)",
+    )
+    port_min: int = Field(30000, ge=1024, le=65535, description="first UDP media port")
+    port_max: int = Field(31999, ge=1024, le=65535, description="last UDP media port")
+    timeout_s: int = Field(
+        60, ge=1, le=3600, description="drop a call's media state after this long without RTP"
+    )
+
+    @model_validator(mode="after")
+    def _range(self) -> Self:
+        # rtpengine takes an even/odd pair per stream and a browser call has two legs.
+        if self.port_max - self.port_min < 3:
+            raise ReferenceProblems(
+                [(("port_max",), f"needs at least 4 ports from port_min={self.port_min}")]
+            )
         return self
 
 
@@ -190,6 +265,34 @@ class Pbx(_Model):
 class Http(_Model):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=1, le=65535)
+    allowed_origins: list[str] = Field(
+        [],
+        description="browser origins allowed to open agent sockets (scheme://host:port); "
+        "default: this server's own address, as 127.0.0.1 and localhost",
+    )
+
+    def origins(self) -> frozenset[str]:
+        if self.allowed_origins:
+            return frozenset(o.rstrip("/") for o in self.allowed_origins)
+        hosts = {self.host, "127.0.0.1", "localhost"} - {"0.0.0.0", "::"}
+        return frozenset(f"http://{h}:{self.port}" for h in hosts)
+
+
+class User(_Model):
+    """A supervisor or admin who signs in to the web API (agents sign in as themselves)."""
+
+    role: Literal["supervisor", "admin"]
+    name: str | None = None
+    password: str | None = Field(None, min_length=8, description="demo only: prefer the hash")
+    password_hash: str | None = Field(None, description="argon2, from `kefu passwd`")
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> Self:
+        if (self.password is None) == (self.password_hash is None):
+            raise ValueError("give exactly one of 'password' or 'password_hash'")
+        if self.password_hash is not None and not self.password_hash.startswith("$argon2"):
+            raise ValueError("password_hash must be an argon2 hash (see `kefu passwd`)")
+        return self
 
 
 Proficiency = Annotated[int, Field(ge=1, le=5)]
@@ -208,6 +311,9 @@ class Agent(_Model):
         default_factory=list, description="calls in these languages; empty: any language"
     )
     auto_available: bool = False
+    web_password_hash: str | None = Field(
+        None, description="argon2 hash for the web sign-in; default: the SIP password"
+    )
     no_answer_limit: int = Field(
         2, ge=1, le=20, description="offers missed in a row before the agent is set away"
     )
@@ -329,6 +435,7 @@ class Settings(_Model):
     edge: Edge
     broker: Broker = Broker()
     pbx: Pbx = Pbx()
+    rtpengine: Rtpengine = Rtpengine()
     http: Http = Http()
     database: Database = Database()
     recording: Recording = Recording()
@@ -340,6 +447,8 @@ class Settings(_Model):
         None, description="None: a built-in tune synthesised with sox"
     )
     agents: dict[Name, Agent] = Field(min_length=1)
+    users: dict[Name, User] = Field({}, description="supervisors and admins of the web API")
+    crm: CrmSettings = Field(CrmSettings(), description="customer look-ups and write-back")
     queues: dict[Name, Queue] = Field(min_length=1)
     flow_files: list[Path] = Field(
         [],
@@ -395,6 +504,9 @@ class Settings(_Model):
                 problems.append((where, f"name the queue to overflow to (queues: {queue_names})"))
             elif spill.kind == "ivr" and spill.target not in self.ivr:
                 problems.append((where, f"unknown IVR flow {spill.target!r} (ivr: {ivr_names})"))
+        for name in self.users:
+            if name in self.agents:
+                problems.append((("users", name), f"{name!r} is already an agent's sign-in name"))
         users: dict[str, str] = {}
         for agent_id, agent in self.agents.items():
             if agent.sip_user in users:
@@ -420,6 +532,12 @@ class Settings(_Model):
         }
         if self.broker.embedded:
             ports["broker.port"] = self.broker.port
+        if self.edge.ws_port is not None:
+            ports["edge.ws_port"] = self.edge.ws_port
+        if self.edge.wss_port is not None:
+            ports["edge.wss_port"] = self.edge.wss_port
+        if self.edge.webrtc:
+            ports["rtpengine.ng_port"] = self.rtpengine.ng_port
         worker_ports = range(
             self.pbx.worker_base_port, self.pbx.worker_base_port + self.pbx.workers
         )
@@ -453,9 +571,30 @@ class Settings(_Model):
                     f"RTP ports {rtp.start}-{rtp.stop - 1} overlap {', '.join(clashes)}",
                 )
             )
+        if self.edge.webrtc:
+            problems += self._rtpengine_clashes(ports, worker_ports, rtp)
         if problems:
             raise ReferenceProblems(problems)
         return self
+
+    def _rtpengine_clashes(
+        self, ports: dict[str, int], worker_ports: range, worker_rtp: range
+    ) -> list[tuple[tuple[str | int, ...], str]]:
+        """rtpengine's media ports must stay clear of every other port kefu binds."""
+        media = range(self.rtpengine.port_min, self.rtpengine.port_max + 1)
+        clashes = [f"{name}={port}" for name, port in ports.items() if port in media]
+        clashes += [f"worker SIP port {p}" for p in worker_ports if p in media][:1]
+        if worker_rtp.start < media.stop and media.start < worker_rtp.stop:
+            clashes.append(f"the workers' RTP ports {worker_rtp.start}-{worker_rtp.stop - 1}")
+        if not clashes:
+            return []
+        return [
+            (
+                ("rtpengine", "port_min"),
+                f"rtpengine media ports {media.start}-{media.stop - 1} "
+                f"overlap {', '.join(clashes)}",
+            )
+        ]
 
 
 class ReferenceProblems(ValueError):

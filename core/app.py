@@ -50,16 +50,19 @@ from acd.build import specs_from_settings
 from config.loader import ConfigError, load
 from config.schema import Settings
 from core.bus import BrokerUnavailable, Bus
+from crm_link.crm import CrmLink
 from crm_link.demo import demo_customers
 from crm_link.models import CallRecord
 from crm_link.store import CallStore, CustomerCard, database_url
 from ivr import events as flow
 from ivr.engine import FlowEngine
+from ivr.prompts import catalog as prompt_catalog
+from ivr.validate import validate_flows
 from pbx.edge import Edge, trunk_uri
 from recording import prompts
 from recording.speech import SpeechModel, SpeechUnavailable
 from recording.storage import recording_path, repair_wav
-from softphone_web.app import create_app
+from softphone_web.app import Web, create_app
 from wire import events as ev
 
 log = logging.getLogger("kefu.core")
@@ -105,6 +108,8 @@ class Call:
     """The agent left first and the caller stayed (for a survey)."""
     customer: CustomerCard | None = None
     """The CRM's card for the caller, looked up as the call arrives."""
+    history: list[dict[str, Any]] = field(default_factory=list)
+    """The caller's last calls (for the screen pop), fetched as the call arrives."""
     routing: list[dict[str, Any]] = field(default_factory=list)
     """The queue engine's decision trace for each offer of this call."""
     prompt_seq: dict[str, int] = field(default_factory=dict)
@@ -121,6 +126,13 @@ class Call:
     """(flow seq, phrases, seconds) of the spoken menu waiting for its prompt to end."""
     recording_input: str | None = None
     """record_id of a `Record` running on the caller leg (speech or voicemail)."""
+    grammar: tuple[int, tuple[str, ...]] | None = None
+    """(flow seq, phrases) of the spoken answer being recorded."""
+    waiting: bool = False
+    """In a queue right now (a hang-up then is an abandon)."""
+    transfer_leg: str | None = None
+    transfer_answered: bool = False
+    transfer_given_up: bool = False
     voicemail: str | None = None
     voicemail_duration_s: float | None = None
     voicemail_ticket: str | None = None
@@ -185,7 +197,12 @@ class Core:
         self.data_dir = data_dir
         self.config_path = config_path
         self.config_dir = config_path.parent
-        self.store = CallStore(database_url(settings.database.url, data_dir))
+        self.store = CallStore(
+            database_url(settings.database.url, data_dir), region=settings.crm.region
+        )
+        # Look-ups go through the configured CRM (the built-in store, or an external
+        # one with the store as fallback); interactions are written back via an outbox.
+        self.crm = CrmLink.from_settings(self.store, settings.crm)
         # One writer thread: saves of the same call (at hang-up, then with its
         # recording) must not race each other into two INSERTs.
         self._sql = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sql")
@@ -209,10 +226,9 @@ class Core:
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._speech: SpeechModel | None = None
-        self._speech_phrases: dict[tuple[str, int], tuple[str, ...]] = {}
-        """(call id, flow seq) -> the grammar of a spoken answer being recorded"""
         self._positions: dict[str, tuple[int, float | None]] = {}
         """call id -> the last (position, wait) told to the flow engine"""
+        self.web = Web.from_settings(settings, data_dir)
         self.started_at = time.time()
 
     # ------------------------------------------------------------------ set-up
@@ -242,7 +258,7 @@ class Core:
             seeded = await asyncio.to_thread(self.store.seed, *demo_customers())
             if seeded:
                 log.info("seeded %d demo customers", seeded)
-        app = create_app(self)
+        app = create_app(self, self.web)
         server = uvicorn.Server(
             uvicorn.Config(
                 app,
@@ -278,6 +294,7 @@ class Core:
             await asyncio.wait(self._tasks, timeout=5.0)
         self._journal.close()
         self._sql.shutdown(wait=True)  # the last records reach the database
+        self.crm.close()
         self.store.close()
 
     # ------------------------------------------------------------------ reload
@@ -285,8 +302,11 @@ class Core:
     async def reload_flows(self) -> dict[str, Any]:
         """Load the configuration file again and run its flows for new calls.
 
-        Only the flows change (queues, agents and ports need a restart). A file with
-        any problem changes nothing: the errors are returned, `file: path: problem`.
+        Only the flows change: queues, agents, DIDs and ports need a restart, so the new
+        flows are checked against the running ones (every DID and overflow keeps its
+        flow; queues, skills and agents are the running center's). Their prompts are
+        rendered before they go live. Any problem changes nothing and is returned,
+        `file: path: problem`; calls in a flow finish on the version they started with.
         """
         try:
             settings = await asyncio.to_thread(
@@ -294,16 +314,62 @@ class Core:
             )
         except ConfigError as exc:
             return {"ok": False, "errors": exc.lines}
+        problems = self._reload_problems(settings)
+        if problems:
+            return {"ok": False, "errors": problems}
         version = (self.ivr.current_version or 0) + 1
-        self.ivr.load_flows(settings.ivr, version=version)
         try:
-            await asyncio.to_thread(self.render_prompts)
-            await asyncio.to_thread(self._load_speech)
+            rendered = await asyncio.to_thread(self._render_flows, settings.ivr, version)
+            await asyncio.to_thread(self._load_speech, settings.ivr)
         except prompts.PromptError as exc:
-            log.error("reloaded flows have a prompt that cannot be rendered: %s", exc)
+            return {
+                "ok": False,
+                "errors": [f"{self.config_path}: a prompt cannot be rendered: {exc}"],
+            }
+        self.prompt_files.update(rendered)
+        self.ivr.load_flows(settings.ivr, version=version)
         self.settings = self.settings.model_copy(update={"ivr": settings.ivr})
         log.info("flows reloaded: version %d (%s)", version, ", ".join(sorted(settings.ivr)))
-        return {"ok": True, "version": version, "flows": sorted(settings.ivr)}
+        notes = [
+            f"{section} changed: restart to apply"
+            for section in ("queues", "agents", "dids", "edge", "pbx")
+            if getattr(settings, section) != getattr(self.settings, section)
+        ]
+        return {"ok": True, "version": version, "flows": sorted(settings.ivr), "notes": notes}
+
+    def _reload_problems(self, new: Settings) -> list[str]:
+        """What in the new flows the running center could not carry out."""
+        where = str(self.config_path)
+        running = self.settings
+        out = [
+            f"{where}: dids.{did}.ivr: flow {target.ivr!r} is gone, but calls to {did} "
+            "still use it until a restart"
+            for did, target in running.dids.items()
+            if target.ivr not in new.ivr
+        ]
+        out += [
+            f"{where}: queues.{name}.overflow.target: flow {q.overflow.target!r} is gone"
+            for name, q in running.queues.items()
+            if q.overflow is not None and q.overflow.kind == "ivr"
+            and q.overflow.target not in new.ivr
+        ]  # fmt: skip
+        skills = {s for q in running.queues.values() for s in q.required}
+        out += [
+            f"{where}: ivr.{'.'.join(map(str, path))}: {message} (in the running center)"
+            for path, message in validate_flows(
+                new.ivr, queues=running.queues, skills=skills, agents=running.agents
+            )
+        ]
+        return out
+
+    def _render_flows(self, flows: Mapping[str, Any], version: int) -> dict[str, str]:
+        """Prompt key -> WAV of every prompt of `flows` as version `version`."""
+        cache = self.data_dir / "prompts"
+        return {
+            key: str(prompts.resolve(prompt, cache, self.config_dir))
+            for name, f in flows.items()
+            for key, prompt in prompt_catalog(name, f, version).items()
+        }
 
     async def _reload_logged(self) -> None:
         result = await self.reload_flows()
@@ -434,14 +500,18 @@ class Core:
     async def _look_up_caller(self, call: Call) -> None:
         """The CRM card, fetched while the IVR plays; it feeds the call's priority."""
         try:
-            card = await asyncio.get_running_loop().run_in_executor(
-                self._sql, self.store.lookup, "caller", call.caller
-            )
+            card = await asyncio.to_thread(self.crm.lookup, "caller", call.caller)
         except Exception:
             log.exception("CRM look-up of %s failed; routing without it", call.caller)
             return
         if call.customer is None:
             call.customer = card
+        if card is not None:
+            call.history = list(card.recent_interactions)
+
+    def _preferred_agent(self, call: Call) -> str | None:
+        agent = call.customer.preferred_agent if call.customer is not None else None
+        return agent if agent in self.settings.agents else None
 
     def _priority(self, call: Call) -> int:
         """What the CRM adds to a call's priority (`priority:` in the configuration)."""
@@ -475,6 +545,15 @@ class Core:
             # that leg rather than leave the agent on dead air.
             self._send(e.worker, ev.Hangup(leg=e.leg))
             return
+        session = self.ivr.session(call.call_id)
+        if session is not None and session.step.value not in ("queued", "announcing"):
+            # The caller left the queue in the flow meanwhile (took the callback offer
+            # and hears goodbye): not the agent's fault, and no bridge.
+            log.info("call %s: answered by %s after leaving the queue", call.call_id, call.agent)
+            self._send(e.worker, ev.Hangup(leg=e.leg))
+            call.agent_leg = call.agent = None
+            self._acd(acd.OfferFailed(call_id=call.call_id, reason="left", agent_at_fault=False))
+            return
         try:
             self._acd(acd.OfferAnswered(call_id=call.call_id))
         except acd.IllegalTransition:
@@ -482,6 +561,7 @@ class Core:
             self._send(e.worker, ev.Hangup(leg=e.leg))
             return
         call.answered_at = time.time()
+        call.waiting = False
         self._stop_input(call)
         if self.settings.recording.enabled:
             call.recording = str(recording_path(self.data_dir, call.call_id, call.arrived_at))
@@ -503,6 +583,7 @@ class Core:
                 call_id=call.call_id, queue=call.queue or "", agent=call.agent or "", wait_s=wait
             )
         )
+        self.web.hub.publish(call.agent, {"type": "answered", "call_id": call.call_id})
 
     def _bridge_failed(self, call: Call) -> None:
         """Caller and agent are both up but not connected: end both, say why."""
@@ -555,7 +636,11 @@ class Core:
                     self._maybe_finish(call)  # abandoned while the agent's phone rang
                 else:
                     call.agent_leg = call.agent = None
-                    failed = acd.OfferFailed(call_id=call.call_id, reason="no_answer")
+                    failed = acd.OfferFailed(
+                        call_id=call.call_id,
+                        reason="no_answer" if e.by != "error" else "failed",
+                        agent_at_fault=e.by != "error",  # a worker lost is not the agent
+                    )
                     self._acd(failed)
                 return
             if call.hangup_side is None:
@@ -573,7 +658,9 @@ class Core:
         if call.hangup_side is None:
             if e.by == "local":
                 call.hangup_side = "system"
-            elif call.answered_at is None and call.queued_at is not None:
+            elif call.callback_number is not None:
+                call.hangup_side = "callback"  # keeps the place; called back later
+            elif call.waiting:
                 call.hangup_side = "abandon"
             else:
                 call.hangup_side = "caller"
@@ -592,7 +679,7 @@ class Core:
         call = self.calls.get(e.leg)
         if call is None:
             for candidate in self.calls.values():
-                if candidate.agent_leg == e.leg:
+                if e.leg in (candidate.agent_leg, candidate.customer_leg):
                     call = candidate
         if call is None:
             return
@@ -602,14 +689,20 @@ class Core:
             self._save(call)
 
     def _leg_recorded(self, e: ev.LegRecorded) -> None:
-        """A `Record` on the caller ended: a spoken menu answer or a voicemail."""
+        """A `Record` on the caller ended: a spoken menu answer or a voicemail.
+
+        It is reported once the WAV is complete, which is after the leg's `LegEnded`
+        when the caller hangs up to finish a message: the call is found by its id."""
         call, role = self._lookup(e.leg)
+        if call is None:
+            call, role = self.calls.get(e.leg), "caller"  # the caller leg is the call id
         if call is None or role != "caller":
             return
         if call.recording_input == e.record_id:
             call.recording_input = None
         kind, _, seq_text = e.record_id.partition("-")
         seq = int(seq_text) if seq_text.isdigit() else -1
+        grammar, call.grammar = call.grammar, None
         if kind == "vm":
             call.voicemail, call.voicemail_duration_s = e.path, e.duration_s
             self._flow(
@@ -618,8 +711,9 @@ class Core:
                 )
             )
             self._spawn(self._file_voicemail(call))
-        elif kind == "sp" and e.stopped_by in ("max_time", "silence"):
-            self._spawn(self._recognize(call, seq, Path(e.path)))
+        elif kind == "sp" and e.stopped_by in ("max_time", "silence") and grammar is not None:
+            if grammar[0] == seq and not call.caller_ended:
+                self._spawn(self._recognize(call, seq, grammar[1], Path(e.path)))
 
     def _worker_lost(self, worker: int) -> None:
         """A worker died (its last will, or a new pid): its legs are gone with it.
@@ -679,12 +773,19 @@ class Core:
                 hangup_side=call.hangup_side or "",
             )
         )
+        if call.agent is not None:
+            self.web.hub.publish(
+                call.agent,
+                {"type": "ended", "call_id": call.call_id, "hangup_side": call.hangup_side},
+            )
         self._save(call)
         # keep the view for a moment so a late RecordingFinished still lands in the row
         assert self._loop is not None
         self._loop.call_later(30.0, self._forget, call)
 
     def _save(self, call: Call) -> None:
+        wrote_back: list[bool] = []
+
         async def write() -> None:
             delay = 1.0
             while True:
@@ -694,6 +795,9 @@ class Core:
                     await asyncio.get_running_loop().run_in_executor(
                         self._sql, self.store.save, call.record()
                     )
+                    if call.ended_at is not None and not wrote_back:
+                        wrote_back.append(True)
+                        await self._write_back(call)
                     return
                 except Exception as exc:
                     log.warning("record of call %s not written (%s); retrying in %.0fs",
@@ -702,6 +806,31 @@ class Core:
                     delay = min(delay * 2, MAX_WRITE_RETRY_S)
 
         self._spawn(write())
+
+    async def _drain_crm(self) -> None:
+        """Deliver what waits in the outbox to the external CRM (nothing for the store)."""
+        try:
+            report = await asyncio.to_thread(
+                functools.partial(self.crm.drain, now=datetime.now(UTC))
+            )
+        except Exception:
+            log.exception("CRM outbox drain failed; retried at the next round")
+            return
+        if report.sent or report.retried or report.rejected:
+            log.info("CRM outbox: %s", report)
+
+    async def _write_back(self, call: Call) -> None:
+        """The finished call, queued for the external CRM (after its row is written)."""
+        try:
+            await asyncio.get_running_loop().run_in_executor(
+                self._sql,
+                functools.partial(
+                    self.crm.record_interaction, call.row_id or call.call_id,
+                    now=datetime.now(UTC),
+                ),
+            )  # fmt: skip
+        except Exception:
+            log.exception("call %s not queued for the CRM", call.call_id)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """A background task the loop keeps a reference to until it is done."""
@@ -740,6 +869,7 @@ class Core:
             call.variables = dict(cmd.variables)
             return
         if isinstance(cmd, flow.LeaveQueue):
+            call.waiting = False
             self._acd(acd.CallLeft(call_id=call.call_id))
             self._positions.pop(call.call_id, None)
             return
@@ -760,7 +890,7 @@ class Core:
                 call.speech = (cmd.seq, cmd.speech, cmd.timeout_s)
         elif isinstance(cmd, flow.PlayHold):
             files = tuple(self.prompt_files[k] for k in cmd.music) or (
-                self.prompt_files[f"queue.{cmd.queue}.moh"],
+                self.prompt_files[f"queue.{call.queue or cmd.queue}.moh"],
             )
             self._stop_input(call)
             call.prompt_seq = {}
@@ -798,6 +928,13 @@ class Core:
             # nothing to say (e.g. a menu re-asked without a prompt): it has "ended"
             self._flow(flow.PromptEnded(call_id=call.call_id, seq=seq))
             return
+        missing = [key for key in keys if key not in self.prompt_files]
+        if missing:  # a defect (prompts are rendered before flows go live): skip, say so
+            log.error("call %s: prompts not rendered: %s", call.call_id, ", ".join(missing))
+            keys = tuple(key for key in keys if key in self.prompt_files)
+            if not keys:
+                self._flow(flow.PromptEnded(call_id=call.call_id, seq=seq))
+                return
         play_id = uuid.uuid4().hex[:12]
         call.prompt_seq = {play_id: seq}
         files = tuple(self.prompt_files[key] for key in keys)
@@ -805,6 +942,12 @@ class Core:
             call.worker,
             ev.Play(leg=call.call_id, play_id=play_id, files=files, barge_in=barge_in),
         )
+
+    def _cut_prompts(self, call: Call) -> None:
+        """Something else is played over the caller's prompt: the flow hears it ended."""
+        pending, call.prompt_seq = call.prompt_seq, {}
+        for seq in pending.values():
+            self._flow(flow.PromptEnded(call_id=call.call_id, seq=seq))
 
     def _stop_input(self, call: Call) -> None:
         """End a `Record` of the caller (a spoken answer) before anything else plays:
@@ -817,6 +960,7 @@ class Core:
     def _enqueue(self, call: Call, cmd: flow.Enqueue) -> None:
         call.queue = cmd.queue
         call.queued_at = call.queued_at or time.time()
+        call.waiting = True
         call.language = cmd.language
         call.keep_caller = cmd.keep_caller_after_agent
         call.variables = dict(cmd.variables)
@@ -830,6 +974,8 @@ class Core:
                 priority=priority,
                 skills=dict(cmd.skills),
                 language=cmd.language or None,
+                # the assignee of the caller's most urgent open ticket gets first refusal
+                preferred_agent=self._preferred_agent(call),
             )
         )
         self._tell_position(call)
@@ -860,9 +1006,7 @@ class Core:
         by = "caller" if cmd.by == "caller" else "account"
         card: CustomerCard | None = None
         try:
-            card = await asyncio.get_running_loop().run_in_executor(
-                self._sql, self.store.lookup, by, cmd.value
-            )
+            card = await asyncio.to_thread(self.crm.lookup, by, cmd.value)
         except Exception:
             log.exception("CRM look-up (%s %s) of call %s failed", by, cmd.value, call.call_id)
         if card is not None:
@@ -887,11 +1031,11 @@ class Core:
         """Whether spoken options can be recognised (the model loaded at start)."""
         return self._speech is not None
 
-    def _load_speech(self) -> None:
+    def _load_speech(self, flows: Mapping[str, Any] | None = None) -> None:
         """Load the vosk model (seconds; off the event loop) if a flow has spoken options."""
         spoken = any(
             getattr(node, "speech", None)
-            for f in self.settings.ivr.values()
+            for f in (flows if flows is not None else self.settings.ivr).values()
             for node in f.nodes.values()
         )
         if not spoken or self._speech is not None:
@@ -920,11 +1064,10 @@ class Core:
             ),
         )
         call.speech = None
-        self._speech_phrases[(call.call_id, seq)] = phrases
+        call.grammar = (seq, phrases)
 
-    async def _recognize(self, call: Call, seq: int, wav: Path) -> None:
-        phrases = self._speech_phrases.pop((call.call_id, seq), ())
-        if not phrases or self._speech is None:
+    async def _recognize(self, call: Call, seq: int, phrases: tuple[str, ...], wav: Path) -> None:
+        if self._speech is None:
             return
         try:
             result = await asyncio.to_thread(self._speech.recognize, wav, phrases)
@@ -934,6 +1077,9 @@ class Core:
         finally:
             with contextlib.suppress(OSError):
                 os.unlink(wav)
+        session = self.ivr.session(call.call_id)
+        if session is None or session.seq != seq:
+            return  # the caller moved on (a digit, a timeout) while we listened
         log.info("call %s said %r (%.2f)", call.call_id, result.text, result.confidence)
         if result.text:
             self._flow(
@@ -988,6 +1134,7 @@ class Core:
             call.transfer_to = cmd.number
         leg = uuid.uuid4().hex
         self.legs[leg] = (call.call_id, "transfer")
+        call.transfer_leg, call.transfer_answered, call.transfer_given_up = leg, False, False
         log.info("call %s: transfer to %s (%s)", call.call_id, call.transfer_to, uri)
         self._send(
             call.worker,
@@ -998,9 +1145,10 @@ class Core:
         self._loop.call_later(TRANSFER_RING_S, self._transfer_timeout, call, leg)
 
     def _transfer_answered(self, call: Call, leg: str) -> None:
-        if call.caller_ended:
+        if call.caller_ended or leg != call.transfer_leg or call.transfer_given_up:
             self._send(call.worker, ev.Hangup(leg=leg))
             return
+        call.transfer_answered = True
         call.answered_at = call.answered_at or time.time()
         self._send(call.worker, ev.StopPlay(leg=call.call_id))
         self._send(
@@ -1010,26 +1158,40 @@ class Core:
         )
 
     def _transfer_failed(self, call: Call, leg: str, reason: str) -> None:
+        """The worker refused to place the transfer leg."""
         if self.legs.pop(leg, None) is None:
             return
-        if not call.caller_ended:
-            self._flow(flow.TransferFailed(call_id=call.call_id, reason=reason))
-        self._maybe_finish(call)
+        self._transfer_lost(call, reason)
         self._pump()
 
     def _transfer_timeout(self, call: Call, leg: str) -> None:
-        if leg in self.legs and call.answered_at is None:
+        if leg in self.legs and leg == call.transfer_leg and not call.transfer_answered:
+            call.transfer_given_up = True  # an answer crossing this hang-up is refused
             self._send(call.worker, ev.Hangup(leg=leg))
 
     def _transfer_ended(self, call: Call, e: ev.LegEnded) -> None:
-        if call.answered_at is None or call.caller_ended:
-            if not call.caller_ended:
-                reason = f"{e.sip_code} {e.reason}".strip()
-                self._flow(flow.TransferFailed(call_id=call.call_id, reason=reason))
+        if e.leg != call.transfer_leg:
             self._maybe_finish(call)
             return
-        call.hangup_side = call.hangup_side or "transfer"
-        self._maybe_finish(call)
+        if call.transfer_answered:
+            call.hangup_side = call.hangup_side or "transfer"
+            self._maybe_finish(call)
+            return
+        self._transfer_lost(call, f"{e.sip_code} {e.reason}".strip())
+
+    def _transfer_lost(self, call: Call, reason: str) -> None:
+        """The target never answered: the flow's `on_fail`, or goodbye when it has none."""
+        call.transfer_leg = None
+        if call.caller_ended:
+            self._maybe_finish(call)
+            return
+        log.info("call %s: transfer to %s failed (%s)", call.call_id, call.transfer_to, reason)
+        session = self.ivr.session(call.call_id)
+        if session is not None and session.step.value == "transferring":
+            self._flow(flow.TransferFailed(call_id=call.call_id, reason=reason))
+        else:
+            call.hangup_side = call.hangup_side or "system"
+            self._send(call.worker, ev.Hangup(leg=call.call_id))
 
     # ------------------------------------------------------------------ queue commands
 
@@ -1045,6 +1207,9 @@ class Core:
             if cmd.trace is not None:
                 call.routing.append(plain(cmd.trace))
             self.legs[leg] = (call.call_id, "agent")
+            # the screen pop goes out before the Dial: it reaches the agent's browser
+            # no later than the phone starts ringing
+            self.web.hub.publish(cmd.agent_id, self.screen_pop(call, "offer"))
             edge = self.settings.edge
             uri = f"sip:{agent.sip_user}@{edge.sip_host}:{edge.sip_port}"
             self._send(
@@ -1071,6 +1236,10 @@ class Core:
         elif isinstance(cmd, acd.PlaceCallback):
             self._place_callback(cmd)
         else:
+            if isinstance(cmd, ev.AgentStateChanged):
+                self.web.hub.publish(
+                    cmd.agent, {"type": "state", "state": cmd.state, "reason": cmd.reason}
+                )
             self._publish(cmd)
 
     def _overflow(self, cmd: acd.Overflow) -> None:
@@ -1081,6 +1250,7 @@ class Core:
             return
         if cmd.target_kind == "queue":  # the engine already moved it
             call.queue = cmd.target
+            self._cut_prompts(call)  # an announcement playing ends here
             moh = self.prompt_files[f"queue.{cmd.target}.moh"]
             self._send(
                 call.worker, ev.Play(leg=call.call_id, play_id="moh", files=(moh,), loop=True)
@@ -1089,10 +1259,8 @@ class Core:
             # The caller leaves the queue and starts the target flow afresh.
             self._acd(acd.CallLeft(call_id=call.call_id))
             self._flow(flow.CallGone(call_id=call.call_id))
-            while (stale := self.ivr.next_command()) is not None:
-                if isinstance(stale, flow.FlowEnded):
-                    self._do_flow(stale)
             call.flow = cmd.target
+            call.waiting = False
             self._flow(
                 flow.CallStarted(
                     call_id=call.call_id, flow=cmd.target, caller=call.caller, dnis=call.did
@@ -1107,7 +1275,12 @@ class Core:
 
     def _dial_failed(self, call: Call, leg: str) -> None:
         """The worker refused to place the agent leg (e.g. momentarily full)."""
-        if call.agent_leg != leg or self.legs.pop(leg, None) is None:
+        if self.legs.pop(leg, None) is None:
+            return
+        if call.agent_leg != leg:  # an offer already cancelled
+            if call.caller_ended:
+                self._maybe_finish(call)
+                self._pump()
             return
         if call.caller_ended:
             self._maybe_finish(call)  # the caller left while the Dial was refused
@@ -1180,7 +1353,7 @@ class Core:
 
     def _callback_answered(self, call: Call, leg: str, role: str) -> None:
         if role == "cb_agent":
-            if call.agent_leg != leg or call.customer_leg is not None:
+            if call.agent_leg != leg or call.customer_leg is not None or call.hangup_side:
                 self._send(call.worker, ev.Hangup(leg=leg))
                 return
             # the agent is there: now the customer's phone rings
@@ -1236,8 +1409,11 @@ class Core:
             if call.hangup_side is not None:
                 pass  # the engine already gave this attempt up (CancelOffer)
             elif leg == call.agent_leg and call.customer_leg is None:
-                # the agent did not pick up: the engine's usual no-answer handling
-                self._acd(acd.OfferFailed(call_id=call.call_id, reason="no_answer"))
+                # the agent did not pick up: the engine's usual no-answer handling, unless
+                # the leg was never placed or its worker was lost
+                at_fault = e.by not in ("error",)
+                self._acd(acd.OfferFailed(call_id=call.call_id, reason="no_answer",
+                                          agent_at_fault=at_fault))  # fmt: skip
             else:
                 self._acd(acd.CallbackFailed(call_id=call.call_id, reason=reason))
             call.hangup_side = call.hangup_side or "callback_failed"
@@ -1339,6 +1515,7 @@ class Core:
                 agents = frozenset(users[u] for u in registered if u in users)
                 self._acd(acd.Reconcile(live_calls=live, registered_agents=agents), now=now)
                 self._spawn(self._check_database())
+                self._spawn(self._drain_crm())
             self._pump()
             await asyncio.sleep(REGISTRATION_POLL_S)
 
@@ -1388,6 +1565,103 @@ class Core:
             raise ValueError(f"state must be 'available' or 'away', not {state!r}")
         self._acd(event, now=self.now())
         self._pump()
+
+    # ------------------------------------------------------------------ the agent's screen
+
+    def screen_pop(self, call: Call, kind: str) -> dict[str, Any]:
+        """What the agent sees as the call is offered: who calls, what they did in the
+        IVR, how long they waited, and why this agent was chosen."""
+        card = call.customer
+        session = self.ivr.session(call.call_id)
+        timeline = (
+            [{"at": round(t.at - call.arrived_at, 1), "node": t.node, "what": t.what,
+              "detail": t.detail} for t in session.timeline]
+            if session is not None else call.timeline
+        )  # fmt: skip
+        variables = dict(session.variables) if session is not None else call.variables
+        trace = call.routing[-1] if call.routing else None
+        return {
+            "type": kind,
+            "call_id": call.call_id,
+            "caller": call.caller,
+            "did": call.did,
+            "queue": call.queue,
+            "waited_s": round(time.time() - (call.queued_at or call.arrived_at), 1),
+            "language": call.language,
+            "customer_id": card.customer_id if card else None,
+            "customer": (
+                {
+                    "customer_id": card.customer_id,
+                    "name": card.name,
+                    "company": card.company,
+                    "tier": card.tier,
+                    "vip": card.vip,
+                    "language": card.language,
+                }
+                if card
+                else None
+            ),
+            "new_customer": None if card else {"phone": call.caller},
+            "open_tickets": card.open_tickets if card else [],
+            "recent_calls": call.history,
+            "ivr": {"path": timeline, "variables": variables},
+            "routing": (
+                {
+                    "priority": trace.get("priority"),
+                    "step": trace.get("step"),
+                    "strategy": trace.get("strategy"),
+                    "winner": trace.get("winner"),
+                    "candidates": len(trace.get("candidates") or []),
+                }
+                if trace
+                else None
+            ),
+        }
+
+    def agent_snapshot(self, agent_id: str) -> dict[str, Any]:
+        """For a socket that just opened: the agent's state and the call it has, if any."""
+        state = self.acd.agent(agent_id) if agent_id in self.settings.agents else None
+        call = next(
+            (c for c in self.calls.values() if c.agent == agent_id and c.ended_at is None), None
+        )
+        return {
+            "state": state.state.value if state else None,
+            "call": self.screen_pop(call, "current") if call is not None else None,
+        }
+
+    async def customer_search(self, query: str) -> list[dict[str, Any]]:
+        return await asyncio.get_running_loop().run_in_executor(
+            self._sql, self._search_customers, query.strip()
+        )
+
+    def _search_customers(self, query: str) -> list[dict[str, Any]]:
+        return [
+            {"customer_id": c.customer_id, "name": c.name, "company": c.company,
+             "tier": c.tier, "vip": c.vip, "phone": c.phone}
+            for c in self.store.search_customers(query)
+        ]  # fmt: skip
+
+    async def customer_card(self, customer_id: str) -> dict[str, Any] | None:
+        return await asyncio.get_running_loop().run_in_executor(
+            self._sql, self._customer_card, customer_id
+        )
+
+    def _customer_card(self, customer_id: str) -> dict[str, Any] | None:
+        customer = self.store.customer(customer_id)
+        if customer is None:
+            return None
+        card = (
+            self.store.lookup("account", customer.account_number or "")
+            if (customer.account_number)
+            else None
+        )
+        return {
+            "customer_id": customer.customer_id, "name": customer.name,
+            "company": customer.company, "tier": customer.tier, "vip": customer.vip,
+            "language": customer.language, "phone": customer.phone,
+            "open_tickets": card.open_tickets if card else [],
+            "recent_calls": self.store.interactions(customer_id),
+        }  # fmt: skip
 
     def calls_view(self) -> list[dict[str, Any]]:
         out = []

@@ -403,11 +403,13 @@ class FlowEngine:
             s = self._sessions.get(call_id)
             if s is None:
                 continue
-            # each firing removes its timer or re-arms it later than `now`
-            while s.step is not Step.DONE and (due := _first_due(s, now)) is not None:
-                del s.timers[due]
-                self._fire(s, due, now)
-            self._track(call_id)
+            try:
+                # each firing removes its timer or re-arms it later than `now`
+                while s.step is not Step.DONE and (due := _first_due(s, now)) is not None:
+                    del s.timers[due]
+                    self._fire(s, due, now)
+            finally:
+                self._track(call_id)  # a failed firing must not lose the other timers
 
     # -- starting, ending
 

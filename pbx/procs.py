@@ -16,6 +16,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Self
 
 
 class PortBusy(RuntimeError):
@@ -212,3 +213,28 @@ def mosquitto(data_dir: Path) -> Iterator[int]:
         yield port
     finally:
         proc.stop()
+
+
+class RunsOneProcess:
+    """A peer run as one `ManagedProcess` (`self.proc`, set by its `start()`): stop it,
+    ask its pid and whether it lives, or use it in a `with` block that stops it."""
+
+    proc: ManagedProcess | None = None
+
+    def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        return self.proc.stop()
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid if self.proc else 0
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.alive()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,10 +1,11 @@
 """`kefu serve`: one command that runs a whole contact center on this box.
 
 Starts, in order, the MQTT broker (mosquitto, unless an external one is configured),
-the Kamailio edge, the media workers and the core; restarts any child that dies
-(exponential backoff, reset after a minute of good health); prints `kefu ready` once
-`GET /api/health` says every component is up; and on SIGINT/SIGTERM stops everything
-in reverse order. Each child logs to `<data-dir>/logs/<name>.log`.
+rtpengine (when browsers may register: `edge.ws_port`/`wss_port`), the Kamailio edge,
+the media workers and the core; restarts any child that dies (exponential backoff,
+reset after a minute of good health); prints `kefu ready` once `GET /api/health` says
+every component is up; and on SIGINT/SIGTERM stops everything in reverse order. Each
+child logs to `<data-dir>/logs/<name>.log`.
 
 Workers are started as `python -m pbx.worker` rather than through the `kefu` CLI so a
 worker process imports nothing but pjsua2, aiomqtt and the wire vocabulary: memory per
@@ -20,6 +21,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +29,7 @@ from config.loader import ConfigError, demo_path, load
 from config.schema import Settings
 from pbx.edge import Edge, EdgeError
 from pbx.procs import ManagedProcess, PortBusy, port_is_free, require_free, start_mosquitto
+from pbx.rtpengine import Rtpengine, RtpengineError
 from recording.prompts import espeak_voices
 
 READY_TIMEOUT_S = 90.0
@@ -39,6 +42,24 @@ class Child:
     restarts: int = 0
     next_start: float = 0.0
     started_at: float = 0.0
+
+    def revive(self, name: str, now: float, start: Callable[[], object]) -> None:
+        """Called while the child is down: schedule a restart with exponential backoff
+        (1 s, 2 s, 4 s ... 30 s; reset after a minute up), or do it when it is due."""
+        if self.next_start == 0.0:
+            delay = min(MAX_BACKOFF_S, 2.0**self.restarts)
+            self.next_start = now + delay
+            print(
+                f"{name} exited with {self.proc.returncode()}; restarting in {delay:.0f}s "
+                f"(log: {self.proc.log_path})",
+                file=sys.stderr,
+                flush=True,
+            )
+        elif now >= self.next_start:
+            self.restarts += 1
+            self.next_start = 0.0
+            self.started_at = now
+            start()
 
 
 def worker_argv(settings: Settings, worker_id: int) -> list[str]:
@@ -67,6 +88,8 @@ class Supervisor:
         self.run_dir = data_dir / "run"
         self.broker: ManagedProcess | None = None
         self.edge = Edge(die_with_parent=True)
+        self.rtpengine: Rtpengine | None = None
+        self.rtpengine_child: Child | None = None
         self.children: dict[str, Child] = {}
         self.stopping = False
         self.peer_retry_at = 0.0
@@ -82,6 +105,12 @@ class Supervisor:
         }
         if s.broker.embedded:
             ports["broker.port"] = s.broker.port
+        if s.edge.ws_port is not None:
+            ports["edge.ws_port"] = s.edge.ws_port
+        if s.edge.wss_port is not None:
+            ports["edge.wss_port"] = s.edge.wss_port
+        if s.edge.webrtc:
+            ports["rtpengine.ng_port"] = s.rtpengine.ng_port
         require_free(ports, s.edge.sip_host if s.edge.sip_host != "0.0.0.0" else "127.0.0.1")
         busy = [
             str(port)
@@ -102,11 +131,26 @@ class Supervisor:
                 die_with_parent=True,
             )
             print(f"broker: mosquitto on 127.0.0.1:{self.settings.broker.port}", flush=True)
+        if self.settings.edge.webrtc:
+            # Before Kamailio: its rtpengine module pings the relay once at start-up.
+            self.rtpengine = self._start_rtpengine()
+            assert self.rtpengine.proc is not None
+            self.rtpengine_child = Child(proc=self.rtpengine.proc, started_at=time.monotonic())
+            rtp = self.settings.rtpengine
+            print(
+                f"media relay: rtpengine ng on 127.0.0.1:{rtp.ng_port}, media on "
+                f"{rtp.interface}:{rtp.port_min}-{rtp.port_max}",
+                flush=True,
+            )
         self.edge.start(self.settings, self.run_dir, self.logs / "kamailio.log")
-        print(
-            f"edge: kamailio on {self.settings.edge.sip_host}:{self.settings.edge.sip_port}",
-            flush=True,
-        )
+        edge = self.settings.edge
+        browsers = [
+            f"{scheme}://{edge.sip_host}:{port}"
+            for scheme, port in (("ws", edge.ws_port), ("wss", edge.wss_port))
+            if port is not None
+        ]
+        ws = f", browsers on {' and '.join(browsers)}" if browsers else ""
+        print(f"edge: kamailio on {edge.sip_host}:{edge.sip_port}{ws}", flush=True)
         for n in range(1, self.settings.pbx.workers + 1):
             self._spawn(f"worker-{n}", worker_argv(self.settings, n))
         self._spawn(
@@ -114,6 +158,23 @@ class Supervisor:
             [sys.executable, "-m", "core.cli", "core", "--config", str(self.config_path),
              "--data-dir", str(self.data_dir)],
         )  # fmt: skip
+
+    def _start_rtpengine(self) -> Rtpengine:
+        return Rtpengine(die_with_parent=True).start(
+            self.settings.rtpengine, self.run_dir, self.logs / "rtpengine.log"
+        )
+
+    def _restart_rtpengine(self) -> None:
+        """A relay that cannot come back (its port taken) is retried with more backoff."""
+        child = self.rtpengine_child
+        assert child is not None
+        try:
+            self.rtpengine = self._start_rtpengine()
+        except (PortBusy, RtpengineError, TimeoutError) as exc:
+            print(f"rtpengine restart failed: {exc}", file=sys.stderr, flush=True)
+            return
+        assert self.rtpengine.proc is not None
+        child.proc = self.rtpengine.proc
 
     def _spawn(self, name: str, argv: list[str]) -> None:
         proc = ManagedProcess(name, argv, self.logs / f"{name}.log", die_with_parent=True).start()
@@ -157,20 +218,17 @@ class Supervisor:
                 if now - child.started_at > 60:
                     child.restarts = 0
                 continue
-            if child.next_start == 0.0:
-                delay = min(MAX_BACKOFF_S, 2.0**child.restarts)
-                child.next_start = now + delay
-                print(
-                    f"{name} exited with {child.proc.returncode()}; restarting in {delay:.0f}s "
-                    f"(log: {child.proc.log_path})",
-                    file=sys.stderr,
-                    flush=True,
-                )
-            elif now >= child.next_start:
-                child.restarts += 1
-                child.next_start = 0.0
-                child.started_at = now
-                child.proc.start()
+            child.revive(name, now, child.proc.start)
+        # rtpengine: browser calls lose their media when it dies (their SIP dialogs live
+        # on); a new one serves new calls. Kamailio retries a relay that did not answer
+        # every 2 s, so it needs no restart of its own.
+        relay = self.rtpengine_child
+        if relay is not None:
+            if relay.proc.alive():
+                if now - relay.started_at > 60:
+                    relay.restarts = 0
+            else:
+                relay.revive("rtpengine", now, self._restart_rtpengine)
         # A broker or edge that dies is restarted too; a failed restart is retried
         # later, never allowed to take the running calls down with it.
         if now < self.peer_retry_at:
@@ -201,7 +259,7 @@ class Supervisor:
 
     def stop(self) -> None:
         """Workers first (they hang up their legs and report it), then the core (which
-        writes those calls' records), then the edge and the broker."""
+        writes those calls' records), then the edge, rtpengine and the broker."""
         self.stopping = True
         workers = [c for name, c in self.children.items() if name != "core"]
         for child in workers:
@@ -212,6 +270,8 @@ class Supervisor:
             time.sleep(0.5)  # the last LegEnded events reach the core
             self.children["core"].proc.stop(timeout=15)
         self.edge.stop()
+        if self.rtpengine is not None:
+            self.rtpengine.stop()
         if self.broker is not None:
             self.broker.stop()
 

@@ -13,7 +13,6 @@ import json
 import subprocess
 import sys
 import time
-import urllib.request
 import wave
 from collections.abc import Iterator
 from pathlib import Path
@@ -125,14 +124,7 @@ def agent_phone(center: Center, user: str, password: str, n: int, log_dir: Path,
 
 
 def set_state(center: Center, agent: str, state: str) -> None:
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{center.ports['http']}/api/agents/{agent}/state",
-        data=json.dumps({"state": state, "reason": "meeting"}).encode(),
-        headers={"Content-Type": "application/json"},
-        method="PUT",
-    )
-    with urllib.request.urlopen(request, timeout=5) as response:
-        assert response.status == 200
+    center.request("PUT", f"/api/agents/{agent}/state", {"state": state, "reason": "meeting"})
 
 
 def steps_of(row: dict[str, Any]) -> list[tuple[str, str, str]]:

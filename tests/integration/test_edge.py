@@ -121,8 +121,9 @@ def lab_settings(
     probe_s: int = 1,
     carrier_port: int = 0,
 ) -> Settings:
-    """The demo settings on these ports; with `carrier_port`, two outbound trunks to it:
-    `carrier` as is and `tech` with the prefix 77."""
+    """The demo settings on these ports, without browsers (no WebSocket, no rtpengine:
+    tests/integration/test_webrtc.py has those); with `carrier_port`, two outbound trunks
+    to it: `carrier` as is and `tech` with the prefix 77."""
     base = load()
     trunks = list(base.edge.trunks)
     if carrier_port:
@@ -138,6 +139,7 @@ def lab_settings(
             "probe_interval_s": probe_s,
             "retry_after_s": 7,
             "trunks": trunks,
+            "ws_port": None,
         }
     )
     pbx = base.pbx.model_copy(update={"workers": workers, "worker_base_port": worker_base})

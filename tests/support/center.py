@@ -13,6 +13,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
+from email.message import Message
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,8 @@ import yaml
 
 from pbx.procs import ManagedProcess, free_port, wait_until
 from tests.support.configs import menu_flow
+
+ADMIN, ADMIN_PASSWORD = "admin", "admin-test-secret"
 
 
 def center_config(
@@ -64,6 +67,7 @@ def center_config(
         },
         "http": {"host": "127.0.0.1", "port": ports["http"]},
         "agents": agents,
+        "users": {ADMIN: {"role": "admin", "password": ADMIN_PASSWORD}},
         "queues": {
             "sales": {"skill": "sales", "ring_timeout_s": ring_timeout_s, "wrapup_s": wrapup_s},
             "support": {"skill": "support", "ring_timeout_s": ring_timeout_s, "wrapup_s": wrapup_s},
@@ -95,6 +99,7 @@ class Center:
     data_dir: Path
     ports: dict[str, int]
     config: dict[str, Any]
+    _token: str | None = None
 
     @property
     def edge(self) -> str:
@@ -103,13 +108,50 @@ class Center:
     def sipp_port(self, n: int) -> int:
         return self.ports["sipp"] + n
 
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.ports['http']}"
+
+    def login(self, user: str = ADMIN, password: str = ADMIN_PASSWORD) -> str:
+        """A session token for `user` (the test admin by default)."""
+        body = json.dumps({"user": user, "password": password}).encode()
+        request = urllib.request.Request(
+            f"{self.http}/api/login", data=body, headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return str(json.load(response)["token"])
+
+    def request(self, method: str, path: str, body: Any = None, token: str | None = None) -> Any:
+        """A JSON request as the test admin (or `token`'s user); an error status raises
+        `urllib.error.HTTPError` (with no socket left open)."""
+        status, data = self._call(method, path, body, token)
+        if status >= 400:
+            raise urllib.error.HTTPError(
+                f"{self.http}{path}", status, json.dumps(data), Message(), None
+            )
+        return data
+
     def get(self, path: str) -> Any:
-        url = f"http://127.0.0.1:{self.ports['http']}{path}"
+        """The JSON body of a GET, whatever the status (health is 503 when degraded)."""
+        return self._call("GET", path, None, None)[1]
+
+    def _call(self, method: str, path: str, body: Any, token: str | None) -> tuple[int, Any]:
+        if token is None:
+            if self._token is None:
+                self._token = self.login()
+            token = self._token
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(
+            f"{self.http}{path}", data=data, method=method,
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+        )  # fmt: skip
         try:
-            with urllib.request.urlopen(url, timeout=3) as response:
-                return json.load(response)
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, json.load(response)
         except urllib.error.HTTPError as exc:
-            return json.load(exc)
+            with exc:  # read and closed here, not left to the garbage collector
+                raw = exc.read()
+            return exc.code, json.loads(raw) if raw else None
 
     def agent_state(self, agent: str) -> str:
         for row in self.get("/api/agents"):

@@ -1,0 +1,129 @@
+"""End to end in a real browser: Debian's Chromium (Playwright) opens the agent desktop
+served by `kefu serve`, signs alice in, her browser phone registers over the edge's
+WebSocket; a SIPp caller (a VIP in the CRM) dials in; the page shows the customer and
+her open ticket while the phone is still ringing; alice answers in the page and audio
+flows both ways through rtpengine. Screenshots land in the test's artifacts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import struct
+import wave
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pbx.procs import free_port
+from tests.support.center import Center, center_config, pick_ports, start_center
+from tests.support.sipp import run_sipp
+
+pytestmark = pytest.mark.e2e
+
+CHROMIUM = "/usr/bin/chromium"
+BUNDLE = Path(__file__).resolve().parents[2] / "softphone_web" / "static" / "vendor" / "jssip.js"
+
+
+def tone_wav(path: Path, hz: float, seconds: float) -> Path:
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(48000)
+        frames = b"".join(
+            struct.pack("<h", int(12000 * math.sin(2 * math.pi * hz * i / 48000)))
+            for i in range(int(48000 * seconds))
+        )
+        out.writeframes(frames)
+    return path
+
+
+@pytest.fixture(scope="module")
+def center(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Center]:
+    tmp = tmp_path_factory.mktemp("desktop-center")
+    ports = pick_ports(workers=1)
+    taken = set(ports.values())
+    ws, ng = free_port(avoid=taken), free_port(avoid=taken)
+    media = free_port(span=40, avoid=taken | {ws, ng})
+    config = center_config(ports, workers=1)
+    config["edge"] |= {"ws_port": ws, "ws_origins": [f"http://127.0.0.1:{ports['http']}"]}
+    config["rtpengine"] = {"ng_port": ng, "port_min": media, "port_max": media + 39}
+    config["demo_customers"] = True
+    running = start_center(tmp, config, ports)
+    try:
+        yield running
+    finally:
+        assert running.proc.stop(timeout=30) == 0, running.proc.log_tail(30)
+
+
+def test_agent_signs_in_sees_the_pop_while_ringing_and_answers_in_the_page(
+    center: Center, artifacts: Path
+) -> None:
+    from playwright.async_api import async_playwright
+
+    assert BUNDLE.is_file(), f"{BUNDLE} is missing: run scripts/bootstrap"
+    mic = tone_wav(artifacts / "mic.wav", 440, 60)
+
+    async def scenario() -> dict[str, Any]:
+        async with async_playwright() as pw:
+            browser = await pw.chromium.launch(
+                executable_path=CHROMIUM, headless=True,
+                args=["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                      f"--use-file-for-fake-audio-capture={mic}",
+                      "--autoplay-policy=no-user-gesture-required"],
+            )  # fmt: skip
+            try:
+                page = await browser.new_page()
+                await page.goto(center.http + "/")
+                await page.fill("input[name=user]", "alice")
+                await page.fill("input[name=password]", "alice-demo-secret")
+                await page.click("#login-form button[type=submit]")
+                await page.wait_for_selector("#desk:not([hidden])")
+                await page.wait_for_function(
+                    "document.getElementById('phone-status').textContent === 'phone ready'",
+                    timeout=15_000,
+                )
+                await asyncio.to_thread(center.wait_agents, ["alice"])
+                caller = asyncio.create_task(asyncio.to_thread(
+                    run_sipp, "caller.xml", center.edge, local_port=center.sipp_port(1),
+                    media_port=free_port(span=4), service="1000", timeout_s=60, timeout=90,
+                    keys={"caller": "5551234", "digit": "1", "dtmf_ms": "1000",
+                          "hold_ms": "12000"},
+                ))  # fmt: skip
+                # ringing: the Answer button is live; the pop must already be on screen
+                await page.wait_for_selector("#phone-answer:not([disabled])", timeout=30_000)
+                ringing = {
+                    "customer": await page.inner_text("#customer"),
+                    "tickets": await page.inner_text("#tickets"),
+                    "ivr": await page.inner_text("#ivr-path"),
+                    "status": await page.inner_text("#call-status"),
+                }
+                await page.screenshot(path=str(artifacts / "ringing.png"), full_page=True)
+                await page.click("#phone-answer")
+                await page.wait_for_function(
+                    "document.getElementById('call-status').textContent === 'On the call'",
+                    timeout=10_000,
+                )
+                await asyncio.sleep(3)  # talk
+                await page.screenshot(path=str(artifacts / "talking.png"), full_page=True)
+                result = await caller
+                assert result.ok, result.output[-3000:]
+                await page.wait_for_function(
+                    "document.getElementById('call-status').textContent.startsWith('Call ended')",
+                    timeout=15_000,
+                )
+                return ringing
+            finally:
+                await browser.close()
+
+    ringing = asyncio.run(scenario())
+    assert "Wang Fang" in ringing["customer"] and "VIP" in ringing["customer"]
+    assert "T-2041" in ringing["tickets"]
+    assert "menu: digit 1" in ringing["ivr"]
+    assert ringing["status"].startswith("Ringing")
+    (row,) = center.wait_calls(1, where=lambda r: r["agent"] == "alice", recorded=True)
+    assert row["caller"] == "5551234" and row["answered_at"] is not None
+    assert row["caller_rtp_rx"] > 100 and row["agent_rtp_rx"] > 100  # audio both ways
+    assert row["customer_id"] == "c-1001"
