@@ -1663,6 +1663,78 @@ class Core:
             "recent_calls": self.store.interactions(customer_id),
         }  # fmt: skip
 
+    async def wrap_up(
+        self,
+        call_id: str,
+        *,
+        agent: str | None,
+        disposition: str,
+        notes: str = "",
+        new_ticket: dict[str, str] | None = None,
+        link_tickets: list[str] | None = None,
+    ) -> dict[str, Any]:
+        """What the agent records after the call: a disposition, notes, a new ticket for
+        the customer and/or existing tickets, all linked to the call's interaction, then
+        queued for the external CRM. `agent` None: a supervisor acting on any call.
+
+        KeyError: no such (finished) call or ticket; PermissionError: not this agent's
+        call; ValueError: a new ticket for a caller the CRM does not know."""
+        live = self.calls.get(call_id)
+        if live is not None and live.ended_at is None:
+            raise ValueError("the call is still up: hang up first")
+        return await asyncio.get_running_loop().run_in_executor(
+            self._sql,
+            functools.partial(
+                self._wrap_up, call_id, agent, disposition, notes, new_ticket,
+                list(link_tickets or []),
+            ),
+        )  # fmt: skip
+
+    def _wrap_up(
+        self,
+        call_id: str,
+        agent: str | None,
+        disposition: str,
+        notes: str,
+        new_ticket: dict[str, str] | None,
+        link_tickets: list[str],
+    ) -> dict[str, Any]:
+        record = self.store.get(call_id)
+        if record is None:
+            raise KeyError(f"no call {call_id!r}")
+        if agent is not None and record.agent != agent:
+            raise PermissionError("not your call")
+        now = datetime.now(UTC)
+        tickets = list(link_tickets)
+        if new_ticket is not None:
+            if not record.customer_id:
+                raise ValueError("the caller is not a known customer: create the customer first")
+            tickets.append(
+                self.store.create_ticket(
+                    customer_id=record.customer_id,
+                    subject=new_ticket["subject"],
+                    priority=new_ticket.get("priority", "normal"),
+                    at=now,
+                    actor=agent or "supervisor",
+                    assignee=record.agent,
+                    call_id=call_id,
+                )
+            )
+        ended = record.ended_at
+        if ended is not None and ended.tzinfo is None:
+            ended = ended.replace(tzinfo=UTC)  # SQLite gives naive datetimes back
+        self.store.wrap_up(
+            call_id,
+            disposition=disposition,
+            notes=notes or None,
+            at=now,
+            wrap_up_s=(now - ended).total_seconds() if ended is not None else None,
+            tickets=tickets,
+            actor=agent or "supervisor",
+        )
+        self.crm.record_interaction(call_id, now=now)
+        return {"call_id": call_id, "disposition": disposition, "tickets": tickets}
+
     def calls_view(self) -> list[dict[str, Any]]:
         out = []
         for call in self.calls.values():

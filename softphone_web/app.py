@@ -19,12 +19,12 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Any, Literal, Protocol
 
 from fastapi import Depends, FastAPI, HTTPException, Request, Response, WebSocket
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.websockets import WebSocketDisconnect
 
 from config.schema import Settings
@@ -56,6 +56,16 @@ class CoreView(Protocol):
     def agent_snapshot(self, agent_id: str) -> dict[str, Any]: ...
     async def customer_search(self, query: str) -> list[dict[str, Any]]: ...
     async def customer_card(self, customer_id: str) -> dict[str, Any] | None: ...
+    async def wrap_up(
+        self,
+        call_id: str,
+        *,
+        agent: str | None,
+        disposition: str,
+        notes: str = "",
+        new_ticket: dict[str, str] | None = None,
+        link_tickets: list[str] | None = None,
+    ) -> dict[str, Any]: ...
 
 
 @dataclass
@@ -124,6 +134,18 @@ def browser_phones(settings: Settings) -> dict[str, dict[str, str]]:
 class LoginRequest(BaseModel):
     user: str
     password: str
+
+
+class NewTicket(BaseModel):
+    subject: str = Field(min_length=1, max_length=255)
+    priority: Literal["low", "normal", "high", "urgent"] = "normal"
+
+
+class WrapUpRequest(BaseModel):
+    disposition: str = Field(min_length=1, max_length=64)
+    notes: str = Field("", max_length=4000)
+    new_ticket: NewTicket | None = None
+    link_tickets: list[str] = []
 
 
 class AgentStateRequest(BaseModel):
@@ -286,6 +308,32 @@ def create_app(core: CoreView, web: Web) -> FastAPI:
         web.audit.write("call.read", user=session.account.user, client=client_of(request),
                         call_id=call_id)  # fmt: skip
         return row
+
+    @app.post("/api/calls/{call_id}/wrapup")
+    async def wrap_up(
+        call_id: str, body: WrapUpRequest, session: Signed, request: Request
+    ) -> dict[str, Any]:
+        """After the call: disposition, notes, a new ticket and/or linked tickets."""
+        agent = None if session.account.can("supervisor") else session.account.agent
+        try:
+            result = await core.wrap_up(
+                call_id,
+                agent=agent,
+                disposition=body.disposition,
+                notes=body.notes,
+                new_ticket=body.new_ticket.model_dump() if body.new_ticket else None,
+                link_tickets=body.link_tickets,
+            )
+        except KeyError as exc:
+            raise HTTPException(404, str(exc.args[0])) from None
+        except PermissionError as exc:
+            raise HTTPException(403, str(exc)) from None
+        except ValueError as exc:
+            raise HTTPException(409, str(exc)) from None
+        web.audit.write("call.wrapup", user=session.account.user, client=client_of(request),
+                        call_id=call_id, disposition=body.disposition,
+                        tickets=result["tickets"])  # fmt: skip
+        return result
 
     @app.get("/api/customers")
     async def customers(q: str, session: Signed, request: Request) -> list[dict[str, Any]]:

@@ -8,6 +8,7 @@ const $ = (id) => document.getElementById(id);
 let phone = null;
 let socket = null;
 let me = null;
+let lastCall = null;
 
 async function api(method, path, body) {
   const response = await fetch(path, {
@@ -85,6 +86,8 @@ function connect() {
     } else if (msg.type === "state") {
       showState(msg.state, msg.reason);
     } else if (msg.type === "offer") {
+      lastCall = msg.call_id;
+      $("wrapup").hidden = true;
       text($("call-status"), `Ringing: ${msg.caller}`);
       showPop(msg);
       document.dispatchEvent(new CustomEvent("kefu:offer", { detail: msg }));
@@ -92,6 +95,9 @@ function connect() {
       text($("call-status"), "On the call");
     } else if (msg.type === "ended") {
       text($("call-status"), `Call ended (${msg.hangup_side || ""})`);
+      lastCall = msg.call_id;
+      text($("wrapup-result"), "");
+      $("wrapup").hidden = false;
     }
   };
   socket.onclose = (event) => {
@@ -139,6 +145,22 @@ $("logout").addEventListener("click", async () => {
 });
 $("available").addEventListener("click", () => api("PUT", `/api/agents/${me.agent}/state`, { state: "available" }).catch((e) => alert(e.message)));
 $("away").addEventListener("click", () => api("PUT", `/api/agents/${me.agent}/state`, { state: "away", reason: $("away-reason").value }).catch((e) => alert(e.message)));
+$("wrapup").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const form = new FormData(event.target);
+  const body = {
+    disposition: form.get("disposition"),
+    notes: form.get("notes"),
+    link_tickets: String(form.get("link") || "").split(",").map((t) => t.trim()).filter(Boolean),
+  };
+  if (form.get("subject")) body.new_ticket = { subject: form.get("subject"), priority: form.get("priority") };
+  try {
+    const done = await api("POST", `/api/calls/${lastCall}/wrapup`, body);
+    text($("wrapup-result"), `Saved: ${done.disposition}; tickets ${done.tickets.join(", ") || "none"}`);
+  } catch (error) {
+    text($("wrapup-result"), `Not saved: ${error.message}`);
+  }
+});
 $("search-form").addEventListener("submit", async (event) => {
   event.preventDefault();
   const q = new FormData(event.target).get("q");

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import sqlite3
 import struct
 import wave
 from collections.abc import Iterator
@@ -114,6 +115,20 @@ def test_agent_signs_in_sees_the_pop_while_ringing_and_answers_in_the_page(
                     "document.getElementById('call-status').textContent.startsWith('Call ended')",
                     timeout=15_000,
                 )
+                # wrap-up: a disposition, notes, a new ticket, and her open ticket linked
+                await page.wait_for_selector("#wrapup:not([hidden])")
+                await page.select_option("select[name=disposition]", "follow-up needed")
+                await page.fill("textarea[name=notes]", "Invoice 8812 charged twice; refund asked")
+                await page.fill("input[name=subject]", "Refund invoice 8812")
+                await page.select_option("select[name=priority]", "high")
+                await page.fill("input[name=link]", "T-2041")
+                await page.click("#wrapup button[type=submit]")
+                await page.wait_for_function(
+                    "document.getElementById('wrapup-result').textContent.startsWith('Saved')",
+                    timeout=10_000,
+                )
+                await page.screenshot(path=str(artifacts / "wrapped-up.png"), full_page=True)
+                ringing["wrapup"] = await page.inner_text("#wrapup-result")
                 return ringing
             finally:
                 await browser.close()
@@ -127,3 +142,16 @@ def test_agent_signs_in_sees_the_pop_while_ringing_and_answers_in_the_page(
     assert row["caller"] == "5551234" and row["answered_at"] is not None
     assert row["caller_rtp_rx"] > 100 and row["agent_rtp_rx"] > 100  # audio both ways
     assert row["customer_id"] == "c-1001"
+    assert row["disposition"] == "follow-up needed" and "8812" in row["notes"]
+    assert row["wrap_up_s"] is not None and row["wrap_up_s"] >= 0
+    assert "T-2041" in ringing["wrapup"]
+    with sqlite3.connect(center.data_dir / "kefu.sqlite3") as db:
+        linked = {t for (t,) in db.execute(
+            "SELECT ticket_id FROM call_tickets WHERE call_id = ?", (row["call_id"],))}  # fmt: skip
+        (subject, priority) = db.execute(
+            "SELECT subject, priority FROM tickets WHERE ticket_id IN "
+            "(SELECT ticket_id FROM call_tickets WHERE call_id = ? AND ticket_id != 'T-2041')",
+            (row["call_id"],),
+        ).fetchone()
+    assert "T-2041" in linked and len(linked) == 2
+    assert (subject, priority) == ("Refund invoice 8812", "high")

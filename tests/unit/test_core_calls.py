@@ -384,3 +384,33 @@ async def test_a_transfer_dials_through_the_trunk_and_bridges_or_falls_back(
         assert (row.answered_at is not None) is answered
         steps = [s["what"] for s in json.loads(row.ivr_path or "[]")]
         assert "transfer" in steps and ("transfer_failed" in steps) is not answered
+
+
+async def test_wrap_up_stores_the_disposition_and_a_new_linked_ticket(harness: Harness) -> None:
+    """After the VIP's call: alice records a disposition and opens a ticket on it."""
+    core = harness.core
+    await harness.send(
+        ev.LegIncoming(worker=W, leg="w-1", sip_call_id="w", caller="5551234", did="1000")
+    )
+    await harness.settled()
+    await harness.send(ev.LegAnswered(worker=W, leg="w-1"))
+    await harness.send(ev.DtmfReceived(worker=W, leg="w-1", digit="1"))
+    dial, _ = harness.last(ev.Dial)
+    await harness.send(ev.LegAnswered(worker=W, leg=dial.leg))
+    with pytest.raises(ValueError, match="hang up first"):
+        await core.wrap_up("w-1", agent="alice", disposition="resolved")
+    await harness.send(ev.LegEnded(worker=W, leg="w-1", by="remote", sip_code=200, reason=""))
+    await harness.send(ev.LegEnded(worker=W, leg=dial.leg, by="local", sip_code=200, reason=""))
+    await harness.settled()
+    with pytest.raises(PermissionError):
+        await core.wrap_up("w-1", agent="bob", disposition="resolved")
+    done = await core.wrap_up(
+        "w-1", agent="alice", disposition="refund issued", notes="charged twice",
+        new_ticket={"subject": "Refund 8812", "priority": "high"}, link_tickets=["T-2041"],
+    )  # fmt: skip
+    new = done["tickets"][1]
+    row = core.store.interaction("w-1")
+    assert row is not None and row["disposition"] == "refund issued"
+    assert sorted(row["tickets"]) == sorted(["T-2041", new])
+    ticket = core.store.ticket(new)
+    assert ticket is not None and ticket.priority == "high" and ticket.assignee == "alice"

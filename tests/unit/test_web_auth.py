@@ -49,6 +49,15 @@ class FakeCore:
     async def customer_search(self, query: str) -> list[dict[str, Any]]:
         return [{"customer_id": "c-1001", "name": "Wang Fang"}] if "wang" in query.lower() else []
 
+    async def wrap_up(self, call_id: str, *, agent: str | None, disposition: str,
+                      notes: str = "", new_ticket: dict[str, str] | None = None,
+                      link_tickets: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
+        if call_id != "c1":
+            raise KeyError(f"no call {call_id!r}")
+        if agent not in (None, "alice"):
+            raise PermissionError("not your call")
+        return {"call_id": call_id, "disposition": disposition, "tickets": ["T-1"]}
+
     async def customer_card(self, customer_id: str) -> dict[str, Any] | None:
         return (
             {"customer_id": customer_id, "name": "Wang Fang"} if customer_id == "c-1001" else None
@@ -231,3 +240,16 @@ def test_kefu_passwd_hash_signs_in(tmp_path: Path) -> None:
         client.post("/api/login", json={"user": "sue", "password": "sue-demo-secret"}).status_code
         == 401
     )
+
+
+def test_wrap_up_only_on_your_own_call(client: TestClient, web: Web) -> None:
+    body = {"disposition": "resolved", "notes": "refund sent", "new_ticket": {"subject": "x"}}
+    bob = login(client, "bob", "bob-demo-secret")
+    assert client.post("/api/calls/c1/wrapup", json=body, headers=bob).status_code == 403
+    alice = login(client, "alice", "alice-demo-secret")
+    done = client.post("/api/calls/c1/wrapup", json=body, headers=alice)
+    assert done.json() == {"call_id": "c1", "disposition": "resolved", "tickets": ["T-1"]}
+    assert client.post("/api/calls/c9/wrapup", json=body, headers=alice).status_code == 404
+    bad = client.post("/api/calls/c1/wrapup", json={"disposition": ""}, headers=alice)
+    assert bad.status_code == 422
+    assert ("call.wrapup", "alice") in [(e["event"], e["user"]) for e in web.audit.entries()]
