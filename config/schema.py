@@ -458,6 +458,23 @@ class Settings(_Model):
     ivr: dict[Name, Flow] = Field({}, description="call flows by name (see ivr.schema)")
     dids: dict[Digits, Did] = Field(min_length=1)
 
+    def named_ports(self) -> dict[str, int]:
+        """Every single port the center listens on, by its config path (not the ranges)."""
+        ports = {
+            "edge.sip_port": self.edge.sip_port,
+            "edge.rpc_port": self.edge.rpc_port,
+            "http.port": self.http.port,
+        }
+        if self.broker.embedded:
+            ports["broker.port"] = self.broker.port
+        if self.edge.ws_port is not None:
+            ports["edge.ws_port"] = self.edge.ws_port
+        if self.edge.wss_port is not None:
+            ports["edge.wss_port"] = self.edge.wss_port
+        if self.edge.webrtc:
+            ports["rtpengine.ng_port"] = self.rtpengine.ng_port
+        return ports
+
     @model_validator(mode="after")
     def _check_references(self) -> Self:
         problems: list[tuple[tuple[str | int, ...], str]] = []
@@ -525,19 +542,7 @@ class Settings(_Model):
                             f"no queue uses skill {skill!r} (skills: {', '.join(sorted(skills))})",
                         )
                     )
-        ports = {
-            "edge.sip_port": self.edge.sip_port,
-            "edge.rpc_port": self.edge.rpc_port,
-            "http.port": self.http.port,
-        }
-        if self.broker.embedded:
-            ports["broker.port"] = self.broker.port
-        if self.edge.ws_port is not None:
-            ports["edge.ws_port"] = self.edge.ws_port
-        if self.edge.wss_port is not None:
-            ports["edge.wss_port"] = self.edge.wss_port
-        if self.edge.webrtc:
-            ports["rtpengine.ng_port"] = self.rtpengine.ng_port
+        ports = self.named_ports()
         worker_ports = range(
             self.pbx.worker_base_port, self.pbx.worker_base_port + self.pbx.workers
         )

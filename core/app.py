@@ -509,6 +509,11 @@ class Core:
         if card is not None:
             call.history = list(card.recent_interactions)
 
+    def _agent_uri(self, agent_id: str) -> str:
+        """Where a worker dials an agent: the agent's SIP user at the edge's registrar."""
+        edge = self.settings.edge
+        return f"sip:{self.settings.agents[agent_id].sip_user}@{edge.sip_host}:{edge.sip_port}"
+
     def _preferred_agent(self, call: Call) -> str | None:
         agent = call.customer.preferred_agent if call.customer is not None else None
         return agent if agent in self.settings.agents else None
@@ -1119,9 +1124,7 @@ class Core:
         """Dial the target from the caller's worker; bridge when it answers."""
         self._stop_input(call)
         if cmd.agent is not None:
-            agent = self.settings.agents[cmd.agent]
-            edge = self.settings.edge
-            uri = f"sip:{agent.sip_user}@{edge.sip_host}:{edge.sip_port}"
+            uri = self._agent_uri(cmd.agent)
             call.transfer_to = cmd.agent
         else:
             assert cmd.number is not None
@@ -1200,7 +1203,6 @@ class Core:
             call = self.calls.get(cmd.call_id)
             if call is None:
                 return
-            agent = self.settings.agents[cmd.agent_id]
             leg = uuid.uuid4().hex
             call.agent, call.agent_leg = cmd.agent_id, leg
             call.offered_at = call.offered_at or time.time()  # the first offer counts
@@ -1210,8 +1212,7 @@ class Core:
             # the screen pop goes out before the Dial: it reaches the agent's browser
             # no later than the phone starts ringing
             self.web.hub.publish(cmd.agent_id, self.screen_pop(call, "offer"))
-            edge = self.settings.edge
-            uri = f"sip:{agent.sip_user}@{edge.sip_host}:{edge.sip_port}"
+            uri = self._agent_uri(cmd.agent_id)
             self._send(
                 call.worker,
                 ev.Dial(leg=leg, uri=uri, caller_id=call.caller, related_leg=call.call_id),
@@ -1300,7 +1301,6 @@ class Core:
         The callback is its own row (`<call id>-cb`), linked by `callback_for`; the
         original call's row keeps what happened while the caller was on the line."""
         worker = self._least_loaded_worker()
-        agent = self.settings.agents[cmd.agent_id]
         try:
             customer_uri = trunk_uri(self.settings, cmd.number)
         except ValueError as exc:
@@ -1334,14 +1334,13 @@ class Core:
         leg = uuid.uuid4().hex
         call.agent_leg = leg
         self.legs[leg] = (call.call_id, "cb_agent")
-        edge = self.settings.edge
         log.info("call %s: callback to %s, ringing %s first", cmd.call_id, cmd.number,
                  cmd.agent_id)  # fmt: skip
         self._send(
             worker,
             ev.Dial(
                 leg=leg,
-                uri=f"sip:{agent.sip_user}@{edge.sip_host}:{edge.sip_port}",
+                uri=self._agent_uri(cmd.agent_id),
                 caller_id=cmd.number,
             ),
             on_fail=lambda _r, c=call, leg=leg: self._callback_leg_failed(c, leg, "not placed"),
@@ -1405,16 +1404,15 @@ class Core:
     def _callback_leg_ended(self, call: Call, leg: str, e: ev.LegEnded) -> None:
         other = call.customer_leg if leg == call.agent_leg else call.agent_leg
         if call.answered_at is None:
-            reason = f"{e.sip_code} {e.reason}".strip()
-            if call.hangup_side is not None:
-                pass  # the engine already gave this attempt up (CancelOffer)
-            elif leg == call.agent_leg and call.customer_leg is None:
+            # hangup_side already set: the engine gave this attempt up itself (CancelOffer)
+            if call.hangup_side is None and leg == call.agent_leg and call.customer_leg is None:
                 # the agent did not pick up: the engine's usual no-answer handling, unless
                 # the leg was never placed or its worker was lost
                 at_fault = e.by not in ("error",)
                 self._acd(acd.OfferFailed(call_id=call.call_id, reason="no_answer",
                                           agent_at_fault=at_fault))  # fmt: skip
-            else:
+            elif call.hangup_side is None:
+                reason = f"{e.sip_code} {e.reason}".strip()
                 self._acd(acd.CallbackFailed(call_id=call.call_id, reason=reason))
             call.hangup_side = call.hangup_side or "callback_failed"
         elif leg == call.customer_leg:

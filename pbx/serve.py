@@ -98,19 +98,7 @@ class Supervisor:
 
     def check_ports(self) -> None:
         s = self.settings
-        ports = {
-            "edge.sip_port": s.edge.sip_port,
-            "edge.rpc_port": s.edge.rpc_port,
-            "http.port": s.http.port,
-        }
-        if s.broker.embedded:
-            ports["broker.port"] = s.broker.port
-        if s.edge.ws_port is not None:
-            ports["edge.ws_port"] = s.edge.ws_port
-        if s.edge.wss_port is not None:
-            ports["edge.wss_port"] = s.edge.wss_port
-        if s.edge.webrtc:
-            ports["rtpengine.ng_port"] = s.rtpengine.ng_port
+        ports = s.named_ports()
         require_free(ports, s.edge.sip_host if s.edge.sip_host != "0.0.0.0" else "127.0.0.1")
         busy = [
             str(port)

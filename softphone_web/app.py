@@ -36,7 +36,6 @@ from softphone_web.auth import (
     Role,
     Session,
     Sessions,
-    hash_password,
 )
 from softphone_web.hub import Hub
 
@@ -103,14 +102,15 @@ def accounts_from_settings(settings: Settings) -> list[Account]:
             user=agent_id,
             role="agent",
             name=agent.name or agent_id,
-            password_hash=agent.web_password_hash or hash_password(agent.password),
+            password_hash=agent.web_password_hash,
+            password=None if agent.web_password_hash else agent.password,
             agent=agent_id,
         )
         for agent_id, agent in settings.agents.items()
     ]
     for name, user in settings.users.items():
-        secret = user.password_hash or hash_password(user.password or "")
-        out.append(Account(user=name, role=user.role, name=user.name or name, password_hash=secret))
+        out.append(Account(user=name, role=user.role, name=user.name or name,
+                           password_hash=user.password_hash, password=user.password))  # fmt: skip
     return out
 
 

@@ -5,6 +5,9 @@ and `users:` adds supervisors and admins. Passwords are kept as argon2 hashes; a
 configuration may give the hash itself (`password_hash`, from `kefu passwd`) or, for
 the demo, the password, which is hashed when the core starts and then forgotten.
 
+Hashing is slow on purpose (tens of ms): a plain configured password is hashed the
+first time its account signs in, not for every account when the core starts.
+
 A session is a random token (a cookie for the browser, or `Authorization: Bearer`)
 held in the core's memory: it ends on logout, after `SESSION_IDLE_S` without use, and
 when an admin disables the account — its open sockets are closed at once. Sign-in
@@ -42,13 +45,16 @@ def hash_password(password: str) -> str:
     return _hasher.hash(password)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Account:
     user: str
     role: Role
     name: str
-    password_hash: str
+    password_hash: str | None
+    """argon2; None until a plain configured `password` is first checked."""
     agent: str | None = None
+    password: str | None = field(default=None, repr=False)
+    """A plain configured password (the demo's), hashed and forgotten at first sign-in."""
     """The agent id this account acts as (role `agent`)."""
 
     def can(self, role: Role) -> bool:
@@ -86,6 +92,9 @@ class Accounts:
         if account is None:
             _hasher.hash(password)  # the same work as a wrong password: no user probing
             return None
+        if account.password_hash is None:
+            account.password_hash = hash_password(account.password or "")
+            account.password = None
         try:
             _hasher.verify(account.password_hash, password)
         except (VerificationError, InvalidHashError):
