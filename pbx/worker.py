@@ -64,6 +64,7 @@ from wire.events import (
     RtpCounters,
     StopPlay,
     StopRecord,
+    Unbridge,
     WorkerStatus,
 )
 
@@ -157,6 +158,9 @@ class Leg:
     pending_play: Play | None = None
     bridge: BridgeState | None = None
     record: RecordState | None = None
+    kept: tuple[str, pj.AudioMediaRecorder] | None = None
+    """(path, recorder) of a bridge recording this leg kept through an `Unbridge`: the
+    leg's audio still goes to it, and a `Bridge` with the same path goes on in it."""
 
 
 class CommandError(Exception):
@@ -475,6 +479,8 @@ class Worker:
                     other_med.startTransmit(med)
                 if br.recorder is not None:
                     med.startTransmit(br.recorder)
+            if leg.kept is not None:
+                med.startTransmit(leg.kept[1])
             rec = leg.record
             if rec is not None:
                 if rec.beep is not None:
@@ -525,6 +531,7 @@ class Worker:
         leg.pending_play = None
         if leg.record is not None:
             self._stop_record(leg, "hangup")
+        self._close_kept(leg)
         del self.legs[leg.id]
         if leg.local_end:
             by = "local"
@@ -603,6 +610,18 @@ class Worker:
             job = RecordingJob(br.a.id, br.record_path, br.recorder)
             br.recorder = None
             self.recordings.append((time.monotonic() + DESTROY_DELAY_S, job))
+
+    def _close_kept(self, leg: Leg) -> None:
+        """Close the recording a leg kept through an `Unbridge` (reported as finished)."""
+        if leg.kept is None:
+            return
+        (path, recorder), leg.kept = leg.kept, None
+        if leg.media_active:
+            with contextlib.suppress(pj.Error):
+                leg.call.getAudioMedia(-1).stopTransmit(recorder)
+        self.recordings.append(
+            (time.monotonic() + DESTROY_DELAY_S, RecordingJob(leg.id, path, recorder))
+        )
 
     def _close_recorder(self, job: RecordingJob) -> None:
         # Dropping the last reference destroys the port, but in 2.15.1 the conference
@@ -708,6 +727,8 @@ class Worker:
             self._dial(cmd)
         elif isinstance(cmd, Bridge):
             self._bridge(cmd)
+        elif isinstance(cmd, Unbridge):
+            self._unbridge(cmd)
         elif isinstance(cmd, Hangup):
             leg = self._need(cmd.leg)
             if cmd.sip_code and not 400 <= cmd.sip_code <= 699:
@@ -768,9 +789,23 @@ class Worker:
         for leg in (a, b):
             leg.pending_play = None
             self._stop_play(leg)
+        # A leg that kept its recording through an Unbridge goes on in the same file
+        # when bridged again with that path; any other bridge closes it first.
+        resumed: Leg | None = None
+        for leg in (a, b):
+            if leg.kept is not None:
+                if resumed is None and cmd.record_path and leg.kept[0] == cmd.record_path:
+                    resumed = leg
+                else:
+                    self._close_kept(leg)
         try:
             am, bm = a.call.getAudioMedia(-1), b.call.getAudioMedia(-1)
-            if cmd.record_path:
+            if resumed is not None:
+                assert resumed.kept is not None
+                br.recorder = resumed.kept[1]
+                (bm if resumed is a else am).startTransmit(br.recorder)
+                resumed.kept = None
+            elif cmd.record_path:
                 rec = pj.AudioMediaRecorder()
                 rec.createRecorder(cmd.record_path)
                 br.recorder = rec
@@ -786,6 +821,25 @@ class Worker:
         a.bridge = b.bridge = br
         log.info("legs %s and %s bridged%s", a.id, b.id,
                  f", recording to {cmd.record_path}" if cmd.record_path else "")  # fmt: skip
+
+    def _unbridge(self, cmd: Unbridge) -> None:
+        leg = self._need(cmd.leg)
+        br = leg.bridge
+        if br is None:
+            raise CommandError(f"leg {leg.id} is not bridged")
+        other = br.b if br.a is leg else br.a
+        for one, two in ((leg, other), (other, leg)):
+            one.bridge = None
+            if one.media_active and two.media_active:
+                with contextlib.suppress(pj.Error):
+                    one.call.getAudioMedia(-1).stopTransmit(two.call.getAudioMedia(-1))
+        if br.recorder is not None:
+            if other.media_active:
+                with contextlib.suppress(pj.Error):
+                    other.call.getAudioMedia(-1).stopTransmit(br.recorder)
+            leg.kept, br.recorder = (br.record_path, br.recorder), None
+        log.info("legs %s and %s unbridged%s", leg.id, other.id,
+                 f"; {leg.id} keeps recording to {br.record_path}" if leg.kept else "")  # fmt: skip
 
     def _record(self, cmd: Record) -> None:
         leg = self._need(cmd.leg)

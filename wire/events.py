@@ -188,6 +188,16 @@ class Bridge:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Unbridge:
+    """Disconnect a bridged leg from its partner without hanging either up (hold, a
+    transfer). The bridge's recording stays with `leg` (the caller): it keeps recording
+    what `leg` says, and the next `Bridge` of `leg` with the same `record_path` goes on
+    in the same file; a `Bridge` with another path, or the leg ending, closes it."""
+
+    leg: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Hangup:
     leg: str
     sip_code: int = 0
@@ -229,7 +239,7 @@ class CommandResult:
     error: str = ""
 
 
-MediaCommand = Answer | Play | StopPlay | Record | StopRecord | Dial | Bridge | Hangup
+MediaCommand = Answer | Play | StopPlay | Record | StopRecord | Dial | Bridge | Unbridge | Hangup
 
 # ---------------------------------------------------------------- contact-center events
 

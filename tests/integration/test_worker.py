@@ -46,6 +46,7 @@ from wire.events import (
     RecordingFinished,
     StopPlay,
     StopRecord,
+    Unbridge,
     WorkerStatus,
 )
 
@@ -901,3 +902,75 @@ def test_a_far_end_that_sends_no_rtp_is_hung_up_after_the_rtp_timeout(
     finally:
         uac.close()
         assert worker.proc.stop(timeout=8) == 0
+
+
+def test_unbridge_holds_the_caller_and_a_new_bridge_goes_on_in_the_same_recording(
+    tmp_path: Path, broker: int, worker: WorkerProc
+) -> None:
+    """A transfer at the media level: caller and agent 1 bridged and recorded; Unbridge
+    leaves both up (the caller hears music on hold); the caller is bridged to agent 2
+    with the same path and the one WAV covers the whole call."""
+    ports = [free_port(), free_port()]
+    phones = [
+        start_sipp(
+            f"phone{n}",
+            tmp_path,
+            "uas_answer.xml",
+            "",
+            local_port=port,
+            media_port=free_port(span=4),
+            calls=1,
+            timeout_s=60,
+            keys={"ring_ms": "200", "hold_ms": "3600000"},
+        )
+        for n, port in enumerate(ports)
+    ]
+    record = tmp_path / "rec" / "call.wav"
+
+    async def scenario() -> None:
+        async with bus(broker) as b:
+            await ready(b, worker)
+            caller, leg = await answered_caller(b, worker, tmp_path, hold_ms=9000, dtmf_ms=8500)
+            try:
+                refused = await b.request(Unbridge(leg=leg))
+                assert not refused.ok and "not bridged" in refused.error, refused
+                await b.ok(Dial(leg="a1", uri=f"sip:a1@127.0.0.1:{ports[0]}", related_leg=leg))
+                await b.event(LegAnswered, leg="a1")
+                await b.ok(Bridge(a=leg, b="a1", record_path=str(record)))
+                started = time.monotonic()
+                await asyncio.sleep(1.5)
+
+                await b.ok(Unbridge(leg=leg))
+                moh = tone(tmp_path / "moh.wav", 1, 300)
+                await b.ok(Play(leg=leg, play_id="moh", files=(moh,), loop=True))
+                await b.ok(Dial(leg="a2", uri=f"sip:a2@127.0.0.1:{ports[1]}", related_leg=leg))
+                await b.event(LegAnswered, leg="a2")
+                await b.ok(Hangup(leg="a1"))  # the first agent leaves; the caller stays
+                a1_end = await b.event(LegEnded, leg="a1")
+                await asyncio.sleep(0.5)
+                assert not any(isinstance(e, LegEnded) and e.leg == leg for e in b.events)
+                assert not any(isinstance(e, RecordingFinished) for e in b.events)
+
+                await b.ok(Bridge(a=leg, b="a2", record_path=str(record)))
+                caller_end = await b.event(LegEnded, leg=leg, within=15)
+                ended = time.monotonic()
+                a2_end = await b.event(LegEnded, leg="a2", within=5)
+                rec = await b.event(RecordingFinished, leg=leg, within=5)
+            finally:
+                finish_caller(caller)
+            assert caller_end.by == "remote"
+            assert a1_end.by == "local" and a2_end.by == "local"
+            assert a1_end.rtp.rx_packets > 50 and a2_end.rtp.rx_packets > 50
+            assert a2_end.rtp.tx_packets > 50, a2_end  # the caller's audio reached agent 2
+            assert [e for e in b.events if isinstance(e, RecordingFinished)] == [rec]
+            assert rec.path == str(record)
+            assert abs(rec.duration_s - (ended - started)) <= 1.0, (rec.duration_s, ended - started)
+            _, _, seconds, rms = wav_stats(str(record))
+            assert abs(seconds - (ended - started)) <= 1.0
+            assert rms > 200
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        for phone in phones:
+            phone.stop()
