@@ -27,6 +27,11 @@ The rules, each with a fake-clock test in `tests/unit/test_acd*.py`:
   queue (moved here, keeping its place) or out (voicemail, IVR, callback).
 * **Callback (virtual hold)**: the call keeps its key after the caller hangs up; at the
   head it reserves an agent and asks the core to place the callback.
+* **Transfers**: a blind `Transfer` sends the agent to wrap-up and the call into a
+  queue afresh; a named agent (`Enqueue.agent`, also how a consultation reaches one)
+  must be available and is offered the call at once, and should they not answer it
+  waits in the queue for anyone. `ConsultCompleted` hands the call to the consulted
+  agent.
 * **Self-healing**: reservations end at the ring deadline (callbacks get the dial time
   on top); `Reconcile` drops calls and agents the media side no longer has.
 
@@ -59,6 +64,7 @@ from acd.events import (
     CallLeft,
     CancelCallback,
     CancelOffer,
+    ConsultCompleted,
     Enqueue,
     ExtendWrapUp,
     OfferAnswered,
@@ -68,6 +74,7 @@ from acd.events import (
     PlaceCallback,
     Reconcile,
     RequestCallback,
+    Transfer,
 )
 from acd.model import (
     STAFFED,
@@ -109,6 +116,7 @@ __all__ = [
     "CancelCallback",
     "CancelOffer",
     "Candidate",
+    "ConsultCompleted",
     "Enqueue",
     "Estimate",
     "ExtendWrapUp",
@@ -125,6 +133,7 @@ __all__ = [
     "ServiceLevel",
     "Step",
     "Trace",
+    "Transfer",
     "WaitingCall",
 ]
 
@@ -313,6 +322,10 @@ class AcdEngine:
             self._callback_request(event, now)
         elif isinstance(event, Reconcile):
             self._reconcile(event, now)
+        elif isinstance(event, Transfer):
+            self._transfer(event, now)
+        elif isinstance(event, ConsultCompleted):
+            self._consult_completed(event, now)
         else:
             self._agent_event(event, now)
         self._route(now)
@@ -462,6 +475,7 @@ class AcdEngine:
             raise KeyError(f"unknown queue {event.queue!r}")
         if event.call_id in self._calls or event.call_id in self._handled:
             raise IllegalTransition(f"call {event.call_id} is already queued")
+        direct = self._direct_agent(event.agent) if event.agent is not None else None
         self._seq += 1
         preferred = event.preferred_agent if event.preferred_agent in self._agents else None
         call = WaitingCall(
@@ -477,13 +491,83 @@ class AcdEngine:
             seq=self._seq,
             queue_entered_at=now,
         )
-        self._traces[call.call_id] = []
-        if not q.spec.join_empty and q.staffed == 0:
+        self._traces.setdefault(call.call_id, [])  # a transferred call keeps its traces
+        if direct is not None:
+            call.direct_agent = direct.spec.agent_id
+            self._insert(call, now)
+            self._offer_direct(call, direct, now)
+        elif not q.spec.join_empty and q.staffed == 0:
             self._overflow(call, "join_empty", now, queued=False)
         elif q.spec.max_length is not None and len(q.entries) >= q.spec.max_length:
             self._overflow(call, "max_length", now, queued=False)
         else:
             self._insert(call, now)
+
+    def _direct_agent(self, agent_id: str) -> Agent:
+        """The agent a transfer or consultation names: they must be free right now."""
+        agent = self._agents.get(agent_id)
+        if agent is None:
+            raise KeyError(f"unknown agent {agent_id!r}")
+        if agent.state is not _State.AVAILABLE:
+            why = f" ({agent.reason})" if agent.reason else ""
+            raise IllegalTransition(f"agent {agent_id} is {agent.state.value}{why}")
+        return agent
+
+    def _offer_direct(self, call: WaitingCall, agent: Agent, now: float) -> None:
+        q = self._queues[call.queue]
+        step, floor = q.spec.step_at(0.0)
+        trace = Trace(
+            call_id=call.call_id,
+            queue=q.spec.name,
+            at=now,
+            strategy="direct",
+            step=step,
+            floor=floor,
+            priority=call.priority,
+            waited_s=0.0,
+            candidates=(Candidate(agent_id=agent.spec.agent_id, excluded=None),),
+            not_available={},
+            winner=agent.spec.agent_id,
+            winner_score=0.0,
+        )
+        self._offer(call, agent, trace, now)
+
+    def _transfer(self, event: Transfer, now: float) -> None:
+        handled = self._handled.get(event.call_id)
+        if handled is None:
+            raise IllegalTransition(f"call {event.call_id} is not on an agent")
+        if event.queue not in self._queues:
+            raise KeyError(f"unknown queue {event.queue!r}")
+        if event.agent is not None:
+            if event.agent == handled[0]:
+                raise IllegalTransition(f"agent {event.agent} already has call {event.call_id}")
+            self._direct_agent(event.agent)
+        self._release_handled(event.call_id, now)
+        self._enqueue(
+            Enqueue(
+                call_id=event.call_id,
+                queue=event.queue,
+                caller=event.caller,
+                priority=event.priority,
+                skills=event.skills,
+                language=event.language,
+                agent=event.agent,
+            ),
+            now,
+        )
+
+    def _consult_completed(self, event: ConsultCompleted, now: float) -> None:
+        if event.call_id not in self._handled:
+            raise IllegalTransition(f"call {event.call_id} is not on an agent")
+        consulted = self._handled.get(event.consult_id)
+        if consulted is None:
+            raise IllegalTransition(f"consultation {event.consult_id} is not answered")
+        del self._handled[event.consult_id]
+        self._finish(event.consult_id)
+        self._release_handled(event.call_id, now)
+        self._handled[event.call_id] = consulted
+        self._traces.setdefault(event.call_id, [])
+        self._agents[consulted[0]].call_id = event.call_id
 
     def _insert(self, call: WaitingCall, now: float) -> None:
         """Put a call in its queue's fair order and arm the times its situation changes."""
@@ -585,6 +669,7 @@ class AcdEngine:
 
     def _requeue(self, call: WaitingCall) -> None:
         call.offered_to = None
+        call.direct_agent = None  # a named agent who did not take it: anyone may now
         call.ring_deadline = None
         self._dirty_calls.add(call.call_id)
 
@@ -606,11 +691,13 @@ class AcdEngine:
             if agent is not None:
                 self._set_state(agent, _State.AVAILABLE, now)
             return
-        handled = self._handled.pop(call_id, None)
-        if handled is None:
-            return
-        self._finish(call_id)
-        agent_id, queue = handled
+        if call_id in self._handled:
+            self._release_handled(call_id, now)
+            self._finish(call_id)
+
+    def _release_handled(self, call_id: str, now: float) -> None:
+        """The agent on a call is done with it (it ended, or they handed it on)."""
+        agent_id, queue = self._handled.pop(call_id)
         agent = self._agents[agent_id]
         agent.call_id = None
         if agent.state is not _State.ON_CALL:

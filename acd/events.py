@@ -65,6 +65,36 @@ class Enqueue:
     """E.g. the owner of the caller's open ticket; tried alone first (queue's window)."""
     language: str | None = None
     """Only agents who list this language take the call."""
+    agent: str | None = None
+    """Offer it to this agent at once (a transfer or consultation to a named agent),
+    who must be available; should they not answer, it waits in `queue` for anyone."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Transfer:
+    """The agent on `call_id` hands it on (a blind transfer): they go to wrap-up, and
+    the call enters `queue` afresh, offered at once to `agent` when one is named.
+
+    Refused before anything changes when the call is not on an agent or the named
+    agent is not available, so the agent keeps the call."""
+
+    call_id: str
+    queue: str
+    caller: str
+    agent: str | None = None
+    priority: int = 0
+    skills: Mapping[str, int] = field(default_factory=dict)
+    language: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConsultCompleted:
+    """An attended transfer completes: the agent who was consulted on `consult_id` (an
+    `Enqueue`d consultation, answered) now has `call_id`, and its agent goes to wrap-up.
+    A consultation that is abandoned instead is a `CallLeft(consult_id)`."""
+
+    call_id: str
+    consult_id: str
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -145,6 +175,8 @@ AcdEvent = (
     | CallbackAnswered
     | CallbackFailed
     | Reconcile
+    | Transfer
+    | ConsultCompleted
 )
 
 # ---------------------------------------------------------------- commands out

@@ -247,6 +247,8 @@ class WaitingCall:
     callback_failures: int = 0
     hops: int = 0
     """Overflow moves so far (bounded, so a cycle of queues cannot loop)."""
+    direct_agent: str | None = None
+    """Offered to this agent at once (`Enqueue.agent`); cleared when that offer fails."""
 
     @property
     def key(self) -> tuple[int, float, int]:
