@@ -50,6 +50,7 @@ from acd.build import specs_from_settings
 from config.loader import ConfigError, load
 from config.schema import Settings
 from core.bus import BrokerUnavailable, Bus
+from core.control import CallControl, Consult
 from crm_link.crm import CrmLink
 from crm_link.demo import demo_customers
 from crm_link.models import CallRecord
@@ -143,6 +144,17 @@ class Call:
     """The SQL row; empty: `call_id` (a callback writes `<call id>-cb`)."""
     callback_uri: str | None = None
     customer_leg: str | None = None
+    # -- call control (`core.control`)
+    connected: bool = False
+    """The current agent leg answered (a transferred call is answered again)."""
+    held: bool = False
+    """Unbridged from its agent and hearing music (hold, a consultation)."""
+    consult: Consult | None = None
+    handoffs: list[dict[str, Any]] = field(default_factory=list)
+    priority: int = 0
+    """The call's own priority as it was queued (a transfer keeps it)."""
+    entered_queue_at: float | None = None
+    """When it last joined a queue (a transfer joins again): its wait counts from here."""
 
     @property
     def is_callback(self) -> bool:
@@ -188,6 +200,7 @@ class Call:
             voicemail_ticket=self.voicemail_ticket,
             transfer_to=self.transfer_to,
             callback_number=self.callback_number,
+            handoffs=json.dumps(self.handoffs) if self.handoffs else None,
         )
 
 
@@ -229,6 +242,7 @@ class Core:
         self._positions: dict[str, tuple[int, float | None]] = {}
         """call id -> the last (position, wait) told to the flow engine"""
         self.web = Web.from_settings(settings, data_dir)
+        self.control = CallControl(self)
         self.started_at = time.time()
 
     # ------------------------------------------------------------------ set-up
@@ -545,13 +559,19 @@ class Core:
         if role in ("cb_agent", "cb_customer"):
             self._callback_answered(call, e.leg, role)
             return
-        if call.agent_leg != e.leg or call.answered_at is not None or call.caller_ended:
+        if role == "consult":
+            self.control.consult_answered(call, e.leg)
+            return
+        if call.agent_leg != e.leg or call.connected or call.caller_ended:
             # An agent picked up an offer that was already cancelled or superseded: end
             # that leg rather than leave the agent on dead air.
             self._send(e.worker, ev.Hangup(leg=e.leg))
             return
         session = self.ivr.session(call.call_id)
-        if session is not None and session.step.value not in ("queued", "announcing"):
+        in_queue = (
+            ("queued", "announcing", "connected") if call.handoffs else ("queued", "announcing")
+        )
+        if session is not None and session.step.value not in in_queue:
             # The caller left the queue in the flow meanwhile (took the callback offer
             # and hears goodbye): not the agent's fault, and no bridge.
             log.info("call %s: answered by %s after leaving the queue", call.call_id, call.agent)
@@ -565,10 +585,12 @@ class Core:
             log.warning("call %s: answer on leg %s came after the offer ended", call.call_id, e.leg)
             self._send(e.worker, ev.Hangup(leg=e.leg))
             return
-        call.answered_at = time.time()
+        now = time.time()
+        call.answered_at = call.answered_at or now
+        call.connected = True
         call.waiting = False
         self._stop_input(call)
-        if self.settings.recording.enabled:
+        if self.settings.recording.enabled and call.recording is None:
             call.recording = str(recording_path(self.data_dir, call.call_id, call.arrived_at))
         self._send(
             call.worker,
@@ -582,7 +604,7 @@ class Core:
         )
         assert call.agent is not None
         self._flow(flow.AgentConnected(call_id=call.call_id, agent=call.agent))
-        wait = call.answered_at - (call.queued_at or call.arrived_at)
+        wait = now - (call.entered_queue_at or call.queued_at or call.arrived_at)
         self._publish(
             ev.CallAnswered(
                 call_id=call.call_id, queue=call.queue or "", agent=call.agent or "", wait_s=wait
@@ -628,6 +650,9 @@ class Core:
         if role in ("cb_agent", "cb_customer"):
             self._callback_leg_ended(call, e.leg, e)
             return
+        if role == "consult":
+            self.control.consult_leg_ended(call, e)
+            return
         if role == "agent":
             if e.leg != call.agent_leg:
                 # an offer that was cancelled or superseded: nothing to account for
@@ -635,7 +660,7 @@ class Core:
                     self._maybe_finish(call)
                 return
             call.agent_rtp = e.rtp
-            if call.answered_at is None:
+            if not call.connected:
                 # the agent's phone rejected, failed or was cancelled before answering
                 if call.caller_ended:
                     self._maybe_finish(call)  # abandoned while the agent's phone rang
@@ -648,6 +673,8 @@ class Core:
                     )
                     self._acd(failed)
                 return
+            if self.control.agent_left(call):
+                return  # the caller was on hold: handed on, not hung up
             if call.hangup_side is None:
                 call.hangup_side = "agent"
             if not call.caller_ended and call.keep_caller:
@@ -675,6 +702,7 @@ class Core:
                 # this covers a caller who left between an answer and the bridge, and
                 # an agent kept past the caller's hang-up by a survey bridge
                 self._send(call.worker, ev.Hangup(leg=leg))
+        self.control.caller_gone(call)
         self._flow(flow.CallGone(call_id=call.call_id))
         self._acd(acd.CallLeft(call_id=call.call_id))
         self._positions.pop(call.call_id, None)
@@ -758,7 +786,8 @@ class Core:
         ended (a cancelled offer's leg does not hold it)."""
         if not call.caller_ended or (call.agent_leg is not None and call.agent_leg in self.legs):
             return
-        if any(entry == (call.call_id, "transfer") for entry in self.legs.values()):
+        if any(entry in ((call.call_id, "transfer"), (call.call_id, "consult"))
+               for entry in self.legs.values()):  # fmt: skip
             return
         if call.ended_at is not None:
             return
@@ -965,12 +994,14 @@ class Core:
     def _enqueue(self, call: Call, cmd: flow.Enqueue) -> None:
         call.queue = cmd.queue
         call.queued_at = call.queued_at or time.time()
+        call.entered_queue_at = time.time()
         call.waiting = True
         call.language = cmd.language
         call.keep_caller = cmd.keep_caller_after_agent
         call.variables = dict(cmd.variables)
         # The flow's priority (a `set` or `queue` node) plus what the CRM says.
         priority = (cmd.priority or 0) + self._priority(call)
+        call.priority = priority
         self._acd(
             acd.Enqueue(
                 call_id=call.call_id,
@@ -1199,6 +1230,10 @@ class Core:
     # ------------------------------------------------------------------ queue commands
 
     def _do_acd(self, cmd: acd.AcdCommand) -> None:
+        if getattr(cmd, "call_id", None) in self.control.consults:
+            # about a consultation between agents, not a caller: not a queue statistic
+            self.control.on_acd(cmd)
+            return
         if isinstance(cmd, acd.OfferCall):
             call = self.calls.get(cmd.call_id)
             if call is None:
@@ -1227,7 +1262,7 @@ class Core:
                     if cb_leg is not None and cb_leg in self.legs:
                         self._send(call.worker, ev.Hangup(leg=cb_leg))
                 return
-            if call is not None and call.agent_leg is not None and call.answered_at is None:
+            if call is not None and call.agent_leg is not None and not call.connected:
                 self._send(call.worker, ev.Hangup(leg=call.agent_leg))
                 call.agent_leg = call.agent = None  # a late answer on it is hung up
                 if call.caller_ended:
@@ -1509,7 +1544,7 @@ class Core:
                     cid
                     for cid, c in self.calls.items()
                     if c.ended_at is None and (not c.caller_ended or c.is_callback)
-                )
+                ) | frozenset(self.control.consults)
                 agents = frozenset(users[u] for u in registered if u in users)
                 self._acd(acd.Reconcile(live_calls=live, registered_agents=agents), now=now)
                 self._spawn(self._check_database())
@@ -1602,6 +1637,7 @@ class Core:
             "new_customer": None if card else {"phone": call.caller},
             "open_tickets": card.open_tickets if card else [],
             "recent_calls": call.history,
+            "handoffs": call.handoffs,
             "ivr": {"path": timeline, "variables": variables},
             "routing": (
                 {

@@ -86,6 +86,9 @@ class CallRecord(Base):
     """Number or agent the IVR transferred the call to."""
     callback_number: Mapped[str | None] = mapped_column(String(64))
     """The caller kept their place and asked to be called back here."""
+    handoffs: Mapped[str | None] = mapped_column(Text)
+    """JSON list of the agents' transfers of the call, in order: when, from which
+    agent, to which agent or queue, blind or attended (the last holder is `agent`)."""
     # -- the agent's wrap-up (written by `CallStore.wrap_up`, never by the core's saves)
     disposition: Mapped[str | None] = mapped_column(String(64), index=True)
     """The outcome the agent chose (`resolved`, `callback`, `sale`...; the center's list)."""

@@ -44,9 +44,30 @@ COOKIE = "kefu_session"
 STATIC = Path(__file__).resolve().parent / "static"
 
 
+class ControlView(Protocol):
+    """Call control (`core.control.CallControl`). `agent` None: a supervisor acting on
+    any call. KeyError: no such call; PermissionError: not the agent's call;
+    RuntimeError: not now (with the reason); ValueError: a malformed request."""
+
+    def hold(self, call_id: str, *, agent: str | None) -> dict[str, Any]: ...
+    def resume(self, call_id: str, *, agent: str | None) -> dict[str, Any]: ...
+    def transfer(
+        self, call_id: str, *, agent: str | None, to_agent: str | None = None,
+        to_queue: str | None = None,
+    ) -> dict[str, Any]: ...  # fmt: skip
+    def consult(
+        self, call_id: str, *, agent: str | None, to_agent: str | None = None,
+        to_queue: str | None = None,
+    ) -> dict[str, Any]: ...  # fmt: skip
+    def complete(self, call_id: str, *, agent: str | None) -> dict[str, Any]: ...
+    def cancel(self, call_id: str, *, agent: str | None) -> dict[str, Any]: ...
+
+
 # Routes are `async def` on purpose: they run on the core's event loop thread, the only
 # thread allowed to touch the engines.
 class CoreView(Protocol):
+    @property
+    def control(self) -> ControlView: ...
     def health(self) -> dict[str, Any]: ...
     def agents_view(self) -> list[dict[str, Any]]: ...
     def calls_view(self) -> list[dict[str, Any]]: ...
@@ -146,6 +167,15 @@ class WrapUpRequest(BaseModel):
     notes: str = Field("", max_length=4000)
     new_ticket: NewTicket | None = None
     link_tickets: list[str] = []
+
+
+class TransferRequest(BaseModel):
+    """Name an agent or a queue. Blind: you leave the call at once. Attended: the caller
+    holds while you talk to them first, then `.../transfer/complete` or `/cancel`."""
+
+    to_agent: str | None = None
+    to_queue: str | None = None
+    mode: Literal["blind", "attended"] = "blind"
 
 
 class AgentStateRequest(BaseModel):
@@ -334,6 +364,65 @@ def create_app(core: CoreView, web: Web) -> FastAPI:
                         call_id=call_id, disposition=body.disposition,
                         tickets=result["tickets"])  # fmt: skip
         return result
+
+    def control(
+        action: str, call_id: str, session: Session, request: Request, **kw: Any
+    ) -> dict[str, Any]:
+        """Run one call-control request, audited, with its refusal as an HTTP status."""
+        agent = None if session.account.can("supervisor") else session.account.agent
+        ops = core.control
+        handlers = {
+            "hold": ops.hold,
+            "resume": ops.resume,
+            "transfer": ops.transfer,
+            "consult": ops.consult,
+            "complete": ops.complete,
+            "cancel": ops.cancel,
+        }
+        try:
+            result = handlers[action](call_id, agent=agent, **kw)
+        except KeyError as exc:
+            raise HTTPException(404, str(exc.args[0])) from None
+        except PermissionError as exc:
+            web.audit.write("call.denied", user=session.account.user, client=client_of(request),
+                            call_id=call_id, action=action)  # fmt: skip
+            raise HTTPException(403, str(exc)) from None
+        except RuntimeError as exc:
+            raise HTTPException(409, str(exc)) from None
+        except ValueError as exc:
+            raise HTTPException(422, str(exc)) from None
+        web.audit.write(f"call.{action}", user=session.account.user, client=client_of(request),
+                        call_id=call_id, **{k: v for k, v in kw.items() if v})  # fmt: skip
+        return result
+
+    @app.post("/api/calls/{call_id}/hold")
+    async def hold(call_id: str, session: Signed, request: Request) -> dict[str, Any]:
+        """Put the caller on hold: they hear the queue's music; the recording goes on."""
+        return control("hold", call_id, session, request)
+
+    @app.post("/api/calls/{call_id}/resume")
+    async def resume(call_id: str, session: Signed, request: Request) -> dict[str, Any]:
+        """Take the caller off hold."""
+        return control("resume", call_id, session, request)
+
+    @app.post("/api/calls/{call_id}/transfer")
+    async def transfer(
+        call_id: str, body: TransferRequest, session: Signed, request: Request
+    ) -> dict[str, Any]:
+        """Transfer the call to an agent or a queue, blind or attended."""
+        action = "transfer" if body.mode == "blind" else "consult"
+        return control(action, call_id, session, request, to_agent=body.to_agent,
+                       to_queue=body.to_queue)  # fmt: skip
+
+    @app.post("/api/calls/{call_id}/transfer/complete")
+    async def complete_transfer(call_id: str, session: Signed, request: Request) -> dict[str, Any]:
+        """Attended transfer: hand the caller to the agent you consulted."""
+        return control("complete", call_id, session, request)
+
+    @app.post("/api/calls/{call_id}/transfer/cancel")
+    async def cancel_transfer(call_id: str, session: Signed, request: Request) -> dict[str, Any]:
+        """Attended transfer: end the consultation and take the caller back."""
+        return control("cancel", call_id, session, request)
 
     @app.get("/api/customers")
     async def customers(q: str, session: Signed, request: Request) -> list[dict[str, Any]]:

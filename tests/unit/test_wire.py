@@ -30,6 +30,7 @@ SAMPLES: list[object] = [
     events.StopRecord(leg="l1"),
     events.Dial(leg="l2", uri="sip:1001@127.0.0.1:5060", caller_id="5551", related_leg="l1"),
     events.Bridge(a="l1", b="l2", record_path="/r.wav"),
+    events.Unbridge(leg="l1"),
     events.Hangup(leg="l1", sip_code=486),
     events.CommandResult(ok=False, error="unknown leg"),
     events.CallQueued(call_id="c", queue="sales", caller="5551", position=2),
