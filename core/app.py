@@ -1782,6 +1782,10 @@ class Core:
                     "position": self.acd.position(call.call_id),
                     "agent": call.agent,
                     "answered": call.answered_at is not None,
+                    "connected": call.connected,
+                    "held": call.held,
+                    "consult": self.control.view(call)["consult"],
+                    "handoffs": call.handoffs,
                     "ended": call.ended_at is not None,
                 }
             )
