@@ -179,6 +179,22 @@ class CallControl:
         self.core._pump()
         return self.view(call)
 
+    def targets(self, agent: str | None) -> dict[str, Any]:
+        """Who a call can go to: the other agents with their state, and the queues."""
+        settings = self.core.settings
+        return {
+            "agents": [
+                {"agent": a.spec.agent_id, "name": settings.agents[a.spec.agent_id].name
+                 or a.spec.agent_id, "state": a.state.value}
+                for a in self.core.acd.agents()
+                if a.spec.agent_id != agent
+            ],
+            "queues": [
+                {"queue": name, "waiting": len(self.core.acd.waiting(name))}
+                for name in settings.queues
+            ],
+        }  # fmt: skip
+
     def view(self, call: Call) -> dict[str, Any]:
         c = call.consult
         return {
@@ -261,7 +277,8 @@ class CallControl:
             return
         c.answered = True
         assert c.with_agent is not None
-        core.web.hub.publish(c.with_agent, {"type": "answered", "call_id": call.call_id})
+        core.web.hub.publish(c.with_agent, {"type": "consult_connected",
+                                            "call_id": call.call_id, "with": c.by})  # fmt: skip
         if call.agent_leg is None or call.agent_leg not in core.legs:
             self._complete(call)  # the first agent already left: the caller is theirs
             return

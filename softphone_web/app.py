@@ -61,6 +61,7 @@ class ControlView(Protocol):
     ) -> dict[str, Any]: ...  # fmt: skip
     def complete(self, call_id: str, *, agent: str | None) -> dict[str, Any]: ...
     def cancel(self, call_id: str, *, agent: str | None) -> dict[str, Any]: ...
+    def targets(self, agent: str | None) -> dict[str, Any]: ...
 
 
 # Routes are `async def` on purpose: they run on the core's event loop thread, the only
@@ -394,6 +395,11 @@ def create_app(core: CoreView, web: Web) -> FastAPI:
         web.audit.write(f"call.{action}", user=session.account.user, client=client_of(request),
                         call_id=call_id, **{k: v for k, v in kw.items() if v})  # fmt: skip
         return result
+
+    @app.get("/api/transfer/targets")
+    async def transfer_targets(session: Signed) -> dict[str, Any]:
+        """The agents (with their state) and queues a call can be transferred to."""
+        return core.control.targets(session.account.agent)
 
     @app.post("/api/calls/{call_id}/hold")
     async def hold(call_id: str, session: Signed, request: Request) -> dict[str, Any]:

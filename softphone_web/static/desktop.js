@@ -2,6 +2,7 @@
 // rings (the screen pop pushed on /ws/agent). The session is an HttpOnly cookie; the
 // socket carries it too. The SIP phone itself (JsSIP) attaches to #phone when present.
 
+import { startControl } from "/static/control.js";
 import { startPhone } from "/static/phone.js";
 
 const $ = (id) => document.getElementById(id);
@@ -9,6 +10,7 @@ let phone = null;
 let socket = null;
 let me = null;
 let lastCall = null;
+let consulted = false; // rung (or talking) as the colleague in an attended transfer
 
 async function api(method, path, body) {
   const response = await fetch(path, {
@@ -21,6 +23,8 @@ async function api(method, path, body) {
   if (!response.ok) throw new Error(data.detail || response.statusText);
   return data;
 }
+
+const control = startControl(api);
 
 function text(el, value) {
   el.textContent = value == null ? "" : String(value);
@@ -85,20 +89,31 @@ function connect() {
       if (msg.call) showPop(msg.call);
     } else if (msg.type === "state") {
       showState(msg.state, msg.reason);
-    } else if (msg.type === "offer") {
+    } else if (msg.type === "offer" || msg.type === "consult") {
       lastCall = msg.call_id;
       $("wrapup").hidden = true;
-      text($("call-status"), `Ringing: ${msg.caller}`);
+      consulted = msg.type === "consult";
+      const who = consulted ? `consultation from ${msg.consult_from} about ` : "";
+      text($("call-status"), `Ringing: ${who}${msg.caller}`);
       showPop(msg);
       document.dispatchEvent(new CustomEvent("kefu:offer", { detail: msg }));
     } else if (msg.type === "answered") {
       text($("call-status"), "On the call");
+    } else if (msg.type === "transferred") {
+      lastCall = msg.call_id;
+      consulted = false;
+      text($("call-status"), "On the call (transferred to you)");
+      showPop(msg);
+    } else if (msg.type === "consult_ended" && consulted) {
+      consulted = false;
+      text($("call-status"), `Consultation over (${msg.reason}).`);
     } else if (msg.type === "ended") {
       text($("call-status"), `Call ended (${msg.hangup_side || ""})`);
       lastCall = msg.call_id;
       text($("wrapup-result"), "");
       $("wrapup").hidden = false;
     }
+    control.handle(msg);
   };
   socket.onclose = (event) => {
     if (event.code === 4001) return signedOut("Your session ended.");

@@ -1,7 +1,8 @@
 // The agent's browser phone: JsSIP (static/vendor/jssip.js, built by scripts/bootstrap)
 // registers the agent's SIP user over the edge's WebSocket; rtpengine turns the call's
 // WebRTC into the plain RTP the media worker speaks, so the browser is reached like a
-// desk phone. Answer, hang up, hold, mute and the DTMF pad act on the one call.
+// desk phone. Answer, hang up, mute and the DTMF pad act on the one call; hold is the
+// server's (static/control.js), so the caller hears music rather than silence.
 
 const $ = (id) => document.getElementById(id);
 
@@ -26,7 +27,7 @@ export function startPhone(sip, onStatus) {
   const box = $("phone");
   box.replaceChildren();
   const buttons = {};
-  for (const [name, label] of [["answer", "Answer"], ["hangup", "Hang up"], ["hold", "Hold"], ["mute", "Mute"]]) {
+  for (const [name, label] of [["answer", "Answer"], ["hangup", "Hang up"], ["mute", "Mute"]]) {
     const b = document.createElement("button");
     b.textContent = label;
     b.id = `phone-${name}`;
@@ -49,18 +50,12 @@ export function startPhone(sip, onStatus) {
     const up = session && session.isEstablished();
     buttons.answer.disabled = !ringing;
     buttons.hangup.disabled = !session || session.isEnded();
-    buttons.hold.disabled = !up;
     buttons.mute.disabled = !up;
-    buttons.hold.textContent = up && session.isOnHold().local ? "Resume" : "Hold";
     buttons.mute.textContent = up && session.isMuted().audio ? "Unmute" : "Mute";
   }
 
   buttons.answer.addEventListener("click", () => session && session.answer({ mediaConstraints: { audio: true, video: false } }));
   buttons.hangup.addEventListener("click", () => session && session.terminate());
-  buttons.hold.addEventListener("click", () => {
-    if (session.isOnHold().local) session.unhold(); else session.hold();
-    setTimeout(refresh, 300);
-  });
   buttons.mute.addEventListener("click", () => {
     if (session.isMuted().audio) session.unmute({ audio: true }); else session.mute({ audio: true });
     refresh();
@@ -77,7 +72,8 @@ export function startPhone(sip, onStatus) {
         audio.srcObject = ev.streams[0] || new MediaStream([ev.track]);
       });
     });
-    for (const event of ["accepted", "confirmed", "hold", "unhold", "muted", "unmuted"]) s.on(event, refresh);
+    s.on("accepted", () => onStatus("phone in a call"));
+    for (const event of ["accepted", "confirmed", "muted", "unmuted"]) s.on(event, refresh);
     s.on("ended", () => { onStatus("phone ready"); session = null; refresh(); });
     s.on("failed", () => { onStatus("phone ready"); session = null; refresh(); });
     refresh();

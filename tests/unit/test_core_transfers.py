@@ -190,7 +190,7 @@ async def test_attended_transfer_consults_then_completes(desk: Desk) -> None:
                                                         desk.bridge.record_path)  # fmt: skip
     assert desk.state("alice") is AgentState.WRAP_UP
     assert desk.core.acd.agent("bob").call_id == CALLER
-    assert [t for t in kinds(desk.bob) if t != "state"] == ["answered", "transferred"]
+    assert [t for t in kinds(desk.bob) if t != "state"] == ["consult_connected", "transferred"]
     with pytest.raises(PermissionError):
         control.hold(CALLER, agent="alice")  # bob's call now
     control.hold(CALLER, agent="bob")
