@@ -566,7 +566,7 @@ class CallStore:
                 Ticket(
                     ticket_id=ticket_id, customer_id=customer_id, subject=subject,
                     status=status, priority=priority, channel=channel, assignee=assignee,
-                    sla_due_at=sla_due_at, description=description, call_id=call_id,
+                    sla_due_at=_as_utc(sla_due_at), description=description, call_id=call_id,
                     created_at=at, updated_at=at,
                 )
             )  # fmt: skip
@@ -599,7 +599,7 @@ class CallStore:
             for name, value in changes.items():
                 old = getattr(ticket, name)
                 if name == "sla_due_at":
-                    old, value = utc(old), utc(value)
+                    old, value = utc(old), _as_utc(value)
                 if old == value:
                     continue
                 setattr(ticket, name, value)
@@ -956,6 +956,12 @@ def _customer_values(fields: Mapping[str, Any]) -> dict[str, Any]:
     if "tags" in values:
         values["tags"] = [str(t).strip() for t in values["tags"] or [] if str(t).strip()]
     return values
+
+
+def _as_utc(value: datetime | None) -> datetime | None:
+    """In UTC: SQLite keeps no zone, so a time stored in another zone would read wrong."""
+    aware = utc(value)
+    return aware.astimezone(UTC) if aware is not None else None
 
 
 def _text(value: Any) -> str | None:

@@ -5,7 +5,7 @@ call history pages, and linking a call to a customer the agent created during it
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
@@ -143,6 +143,10 @@ def test_a_customers_tickets_open_first_and_a_ticket_with_its_history_and_calls(
         ("note", "alice", None, "engineer booked"),
     ]
     assert crm.ticket_detail("T-none") is None
+    # an SLA given in another zone is kept as the same moment (SQLite keeps no zone)
+    paris = datetime(2026, 11, 25, 9, 0, tzinfo=timezone(timedelta(hours=1)))
+    crm.update_ticket(urgent, at=NOW, sla_due_at=paris)
+    assert crm.ticket_detail(urgent)["sla_due_at"] == "2026-11-25T08:00:00+00:00"  # type: ignore[index]
 
 
 def test_call_history_pages_newest_first_with_names_and_tickets(crm: CallStore) -> None:
