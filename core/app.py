@@ -51,6 +51,7 @@ from config.loader import ConfigError, load
 from config.schema import Settings
 from core.bus import BrokerUnavailable, Bus
 from core.control import CallControl, Consult
+from core.desk import Desk
 from crm_link.crm import CrmLink
 from crm_link.demo import demo_customers
 from crm_link.models import CallRecord
@@ -241,6 +242,9 @@ class Core:
         self._speech: SpeechModel | None = None
         self._positions: dict[str, tuple[int, float | None]] = {}
         """call id -> the last (position, wait) told to the flow engine"""
+        # The agent desktop's CRM work (customers, tickets, wrap-ups, call history) on
+        # the SQL thread; it reads the calls held here (still up? whose?).
+        self.desk = Desk(self.store, self.crm, self._sql, live=self.calls.get)
         self.web = Web.from_settings(settings, data_dir)
         self.control = CallControl(self)
         self.started_at = time.time()
@@ -1662,112 +1666,6 @@ class Core:
             "state": state.state.value if state else None,
             "call": self.screen_pop(call, "current") if call is not None else None,
         }
-
-    async def customer_search(self, query: str) -> list[dict[str, Any]]:
-        return await asyncio.get_running_loop().run_in_executor(
-            self._sql, self._search_customers, query.strip()
-        )
-
-    def _search_customers(self, query: str) -> list[dict[str, Any]]:
-        return [
-            {"customer_id": c.customer_id, "name": c.name, "company": c.company,
-             "tier": c.tier, "vip": c.vip, "phone": c.phone}
-            for c in self.store.search_customers(query)
-        ]  # fmt: skip
-
-    async def customer_card(self, customer_id: str) -> dict[str, Any] | None:
-        return await asyncio.get_running_loop().run_in_executor(
-            self._sql, self._customer_card, customer_id
-        )
-
-    def _customer_card(self, customer_id: str) -> dict[str, Any] | None:
-        customer = self.store.customer(customer_id)
-        if customer is None:
-            return None
-        card = (
-            self.store.lookup("account", customer.account_number or "")
-            if (customer.account_number)
-            else None
-        )
-        return {
-            "customer_id": customer.customer_id, "name": customer.name,
-            "company": customer.company, "tier": customer.tier, "vip": customer.vip,
-            "language": customer.language, "phone": customer.phone,
-            "open_tickets": card.open_tickets if card else [],
-            "recent_calls": self.store.interactions(customer_id),
-        }  # fmt: skip
-
-    async def wrap_up(
-        self,
-        call_id: str,
-        *,
-        agent: str | None,
-        disposition: str,
-        notes: str = "",
-        new_ticket: dict[str, str] | None = None,
-        link_tickets: list[str] | None = None,
-    ) -> dict[str, Any]:
-        """What the agent records after the call: a disposition, notes, a new ticket for
-        the customer and/or existing tickets, all linked to the call's interaction, then
-        queued for the external CRM. `agent` None: a supervisor acting on any call.
-
-        KeyError: no such (finished) call or ticket; PermissionError: not this agent's
-        call; ValueError: a new ticket for a caller the CRM does not know."""
-        live = self.calls.get(call_id)
-        if live is not None and live.ended_at is None:
-            raise ValueError("the call is still up: hang up first")
-        return await asyncio.get_running_loop().run_in_executor(
-            self._sql,
-            functools.partial(
-                self._wrap_up, call_id, agent, disposition, notes, new_ticket,
-                list(link_tickets or []),
-            ),
-        )  # fmt: skip
-
-    def _wrap_up(
-        self,
-        call_id: str,
-        agent: str | None,
-        disposition: str,
-        notes: str,
-        new_ticket: dict[str, str] | None,
-        link_tickets: list[str],
-    ) -> dict[str, Any]:
-        record = self.store.get(call_id)
-        if record is None:
-            raise KeyError(f"no call {call_id!r}")
-        if agent is not None and record.agent != agent:
-            raise PermissionError("not your call")
-        now = datetime.now(UTC)
-        tickets = list(link_tickets)
-        if new_ticket is not None:
-            if not record.customer_id:
-                raise ValueError("the caller is not a known customer: create the customer first")
-            tickets.append(
-                self.store.create_ticket(
-                    customer_id=record.customer_id,
-                    subject=new_ticket["subject"],
-                    priority=new_ticket.get("priority", "normal"),
-                    at=now,
-                    actor=agent or "supervisor",
-                    assignee=record.agent,
-                    call_id=call_id,
-                )
-            )
-        ended = record.ended_at
-        if ended is not None and ended.tzinfo is None:
-            ended = ended.replace(tzinfo=UTC)  # SQLite gives naive datetimes back
-        self.store.wrap_up(
-            call_id,
-            disposition=disposition,
-            notes=notes or None,
-            at=now,
-            wrap_up_s=(now - ended).total_seconds() if ended is not None else None,
-            tickets=tickets,
-            actor=agent or "supervisor",
-        )
-        self.crm.record_interaction(call_id, now=now)
-        return {"call_id": call_id, "disposition": disposition, "tickets": tickets}
 
     def calls_view(self) -> list[dict[str, Any]]:
         out = []

@@ -10,6 +10,13 @@ default) and PostgreSQL are both supported and both tested.
 Callers are found by their normalised E.164 number (`crm_link.phones`): an indexed
 equality, so `+1 555-5678`, `5555678` and `15555678` all find the same customer.
 
+What the agent desktop changes goes through here too: customers created and changed
+with their numbers checked (`BadPhone`, a number or account of another customer:
+`PhoneTaken` / `AccountTaken` — the CSV import may still share a switchboard number),
+deleted only without open work (`OpenTickets`), tickets with their history, pages of
+call history (`calls`), and a call linked to a customer created during it
+(`link_customer`, which the core's later saves of that call leave alone).
+
 Blocking SQLAlchemy calls; the async core runs them off its event loop so a slow disk
 never stalls call handling. Neighbours: `crm_link.models` (tables), `crm_link.adapters`
 (external CRMs in front of this store), `crm_link.outbox` (write-back queue),
@@ -22,7 +29,7 @@ import json
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,9 +39,10 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import create_engine, event, func, or_, select, text
+from sqlalchemy import and_, create_engine, delete, event, func, or_, select, text, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm.attributes import del_attribute
 from sqlalchemy.pool import NullPool
 
 from crm_link.models import (
@@ -51,8 +59,47 @@ from crm_link.phones import DEFAULT_REGION, caller_candidates, digits, normalise
 PRIORITY_ORDER = {"urgent": 4, "high": 3, "normal": 2, "low": 1}
 TICKET_FIELDS = ("subject", "status", "priority", "assignee", "sla_due_at", "description")
 """What `update_ticket` may change (each change is a history row)."""
+TICKET_STATUSES = ("open", "pending", "closed")
+"""`closed`: solved or given up; every other status counts as open work."""
+CUSTOMER_FIELDS = ("name", "company", "tier", "vip", "language", "account_number", "email",
+                   "tags", "owner")  # fmt: skip
+"""What `create_customer` / `update_customer` may set besides the phone numbers."""
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 _MIGRATION_LOCK = 0x6B656675  # "kefu": PostgreSQL advisory lock while migrating
+
+
+class BadPhone(ValueError):
+    """A number that is not a phone number in the store's region."""
+
+    def __init__(self, raw: str) -> None:
+        super().__init__(f"not a phone number: {raw!r}")
+        self.raw = raw
+
+
+class PhoneTaken(ValueError):
+    """The number already belongs to another customer."""
+
+    def __init__(self, e164: str, customer_id: str, name: str) -> None:
+        super().__init__(f"{e164} already belongs to customer {customer_id} ({name})")
+        self.e164, self.customer_id, self.name = e164, customer_id, name
+
+
+class AccountTaken(ValueError):
+    """The account number already belongs to another customer."""
+
+    def __init__(self, account: str, customer_id: str, name: str) -> None:
+        super().__init__(f"account {account} already belongs to customer {customer_id} ({name})")
+        self.account, self.customer_id, self.name = account, customer_id, name
+
+
+class OpenTickets(ValueError):
+    """The customer still has open work: it cannot be deleted."""
+
+    def __init__(self, customer_id: str, tickets: Sequence[str]) -> None:
+        super().__init__(
+            f"customer {customer_id} has open tickets ({', '.join(tickets)}): close them first"
+        )
+        self.customer_id, self.tickets = customer_id, list(tickets)
 
 
 @dataclass(frozen=True)
@@ -300,6 +347,141 @@ class CallStore:
                     customer.phone = digits(raw)
         return e164
 
+    def create_customer(
+        self,
+        *,
+        name: str,
+        at: datetime,
+        phones: Sequence[str] = (),
+        customer_id: str | None = None,
+        **fields: Any,
+    ) -> str:
+        """A new customer (`CUSTOMER_FIELDS`) with its numbers in E.164; returns its id.
+
+        Raises BadPhone for what is not a phone number, PhoneTaken / AccountTaken when
+        another customer already has the number / account number."""
+        values = _customer_values(fields)
+        numbers = self._numbers(phones)
+        customer_id = customer_id or f"c-{uuid.uuid4().hex[:10]}"
+        with self.sessions.begin() as session:
+            if session.get(Customer, customer_id) is not None:
+                raise ValueError(f"customer {customer_id} exists already")
+            self._check_numbers(session, numbers, customer_id)
+            self._check_account(session, values.get("account_number"), customer_id)
+            customer = Customer(customer_id=customer_id, name=name, created_at=at,
+                                updated_at=at, **values)  # fmt: skip
+            customer.phones = [PhoneNumber(e164=e164, raw=raw) for raw, e164 in numbers]
+            customer.phone = digits(numbers[0][0]) if numbers else None
+            session.add(customer)
+        return customer_id
+
+    def update_customer(
+        self,
+        customer_id: str,
+        *,
+        at: datetime,
+        add_phones: Sequence[str] = (),
+        remove_phones: Sequence[str] = (),
+        **fields: Any,
+    ) -> list[str]:
+        """Change some of a customer's fields (`CUSTOMER_FIELDS`), add or remove numbers;
+        returns what changed (`phones` for the numbers). KeyError: no such customer;
+        BadPhone, PhoneTaken, AccountTaken as for `create_customer`."""
+        values = _customer_values(fields)
+        adding = self._numbers(add_phones)
+        removing = {e164 for _, e164 in self._numbers(remove_phones)}
+        changed: list[str] = []
+        with self.sessions.begin() as session:
+            customer = session.get(Customer, customer_id)
+            if customer is None:
+                raise KeyError(customer_id)
+            self._check_numbers(session, adding, customer_id)
+            if values.get("account_number") != customer.account_number:
+                self._check_account(session, values.get("account_number"), customer_id)
+            for name, value in values.items():
+                if getattr(customer, name) != value:
+                    setattr(customer, name, value)
+                    changed.append(name)
+            kept = [p for p in customer.phones if p.e164 not in removing]
+            have = {p.e164 for p in kept}
+            kept += [PhoneNumber(e164=e164, raw=raw) for raw, e164 in adding if e164 not in have]
+            if [p.e164 for p in kept] != [p.e164 for p in customer.phones]:
+                customer.phones = kept
+                customer.phone = digits(kept[0].raw) if kept else None
+                changed.append("phones")
+            if changed:
+                customer.updated_at = at
+        return changed
+
+    def delete_customer(self, customer_id: str) -> dict[str, int]:
+        """Delete a customer with no open work: their numbers, closed tickets (with their
+        history and call links) go too; their calls stay, unlinked from them (the center's
+        record of calls keeps the number that called). KeyError: no such customer;
+        OpenTickets: a ticket is not closed yet (nothing is deleted)."""
+        with self.sessions.begin() as session:
+            customer = session.get(Customer, customer_id)
+            if customer is None:
+                raise KeyError(customer_id)
+            tickets = session.scalars(select(Ticket).where(Ticket.customer_id == customer_id)).all()
+            still_open = sorted(t.ticket_id for t in tickets if t.status != "closed")
+            if still_open:
+                raise OpenTickets(customer_id, still_open)
+            ids = [t.ticket_id for t in tickets]
+            if ids:
+                session.execute(delete(CallTicket).where(CallTicket.ticket_id.in_(ids)))
+            for ticket in tickets:
+                session.delete(ticket)
+            unlinked = session.scalar(
+                select(func.count()).where(CallRecord.customer_id == customer_id)
+            )
+            session.execute(
+                update(CallRecord)
+                .where(CallRecord.customer_id == customer_id)
+                .values(customer_id=None)
+            )
+            session.delete(customer)
+        return {"tickets_deleted": len(ids), "calls_unlinked": unlinked or 0}
+
+    def _numbers(self, raws: Iterable[str]) -> list[tuple[str, str]]:
+        """(as given, E.164) of each number, each once; BadPhone names the first bad one."""
+        out: list[tuple[str, str]] = []
+        for raw in raws:
+            e164 = normalise(raw, self.region)
+            if e164 is None:
+                raise BadPhone(raw)
+            if all(e164 != seen for _, seen in out):
+                out.append((raw.strip(), e164))
+        return out
+
+    def _check_numbers(
+        self, session: Session, numbers: Sequence[tuple[str, str]], customer_id: str
+    ) -> None:
+        if not numbers:
+            return
+        owner = session.execute(
+            select(PhoneNumber.e164, Customer.customer_id, Customer.name)
+            .join(Customer, Customer.customer_id == PhoneNumber.customer_id)
+            .where(
+                PhoneNumber.e164.in_([e164 for _, e164 in numbers]),
+                Customer.customer_id != customer_id,
+            )
+            .order_by(Customer.customer_id)
+            .limit(1)
+        ).first()
+        if owner is not None:
+            raise PhoneTaken(str(owner[0]), owner[1], owner[2])
+
+    def _check_account(self, session: Session, account: str | None, customer_id: str) -> None:
+        if not account:
+            return
+        owner = session.scalars(
+            select(Customer).where(
+                Customer.account_number == account, Customer.customer_id != customer_id
+            )
+        ).first()
+        if owner is not None:
+            raise AccountTaken(account, owner.customer_id, owner.name)
+
     def remember(self, card: CustomerCard, *, at: datetime) -> None:
         """Keep a copy of an external CRM's card (customer, numbers, open tickets), so the
         fallback still knows the caller when that CRM is away and local rows (voicemail
@@ -384,7 +566,7 @@ class CallStore:
                 Ticket(
                     ticket_id=ticket_id, customer_id=customer_id, subject=subject,
                     status=status, priority=priority, channel=channel, assignee=assignee,
-                    sla_due_at=sla_due_at, description=description, call_id=call_id,
+                    sla_due_at=_as_utc(sla_due_at), description=description, call_id=call_id,
                     created_at=at, updated_at=at,
                 )
             )  # fmt: skip
@@ -417,7 +599,7 @@ class CallStore:
             for name, value in changes.items():
                 old = getattr(ticket, name)
                 if name == "sla_due_at":
-                    old, value = utc(old), utc(value)
+                    old, value = utc(old), _as_utc(value)
                 if old == value:
                     continue
                 setattr(ticket, name, value)
@@ -435,6 +617,47 @@ class CallStore:
         """The ticket with its history loaded (detached)."""
         with self.sessions() as session:
             return session.get(Ticket, ticket_id)
+
+    def customer_tickets(self, customer_id: str) -> list[dict[str, str]] | None:
+        """All of a customer's tickets: the open ones ranked (most urgent, nearest SLA),
+        then the closed ones, last changed first. None: no such customer."""
+        with self.sessions() as session:
+            if session.get(Customer, customer_id) is None:
+                return None
+            tickets = session.scalars(select(Ticket).where(Ticket.customer_id == customer_id)).all()
+        still_open = rank_tickets(t for t in tickets if t.status != "closed")
+        far = datetime.min.replace(tzinfo=UTC)
+        closed = sorted(
+            (t for t in tickets if t.status == "closed"),
+            key=lambda t: utc(t.updated_at) or utc(t.created_at) or far,
+            reverse=True,
+        )
+        return [ticket_summary(t) for t in [*still_open, *closed]]
+
+    def ticket_detail(self, ticket_id: str) -> dict[str, Any] | None:
+        """A ticket as the desktop shows it: its fields, every change (oldest first) and
+        the calls linked to it. None: no such ticket."""
+        with self.sessions() as session:
+            ticket = session.get(Ticket, ticket_id)
+            if ticket is None:
+                return None
+            calls = sorted(
+                session.scalars(select(CallTicket.call_id).where(CallTicket.ticket_id == ticket_id))
+            )
+            return {
+                **ticket_summary(ticket),
+                "customer_id": ticket.customer_id,
+                "channel": ticket.channel,
+                "description": ticket.description or "",
+                "created_at": iso(ticket.created_at),
+                "updated_at": iso(ticket.updated_at),
+                "calls": calls,
+                "history": [
+                    {"at": iso(e.at), "actor": e.actor, "kind": e.kind, "old": e.old_value,
+                     "new": e.new_value, "note": e.note}
+                    for e in ticket.history
+                ],
+            }  # fmt: skip
 
     def file_voicemail(
         self, *, call_id: str, customer_id: str, mailbox: str, caller: str, at: datetime
@@ -470,6 +693,11 @@ class CallStore:
     # ------------------------------------------------------------------ interactions
 
     def save(self, record: CallRecord) -> None:
+        """Write the core's picture of a call (only the columns it set: see the model)."""
+        if record.customer_id is None:
+            # the agent may have linked the caller to a customer during the call
+            # (`link_customer`): the core's later picture, without one, must not undo it
+            del_attribute(record, "customer_id")
         with self.sessions.begin() as session:
             session.merge(record)
 
@@ -527,6 +755,67 @@ class CallStore:
         session.add(CallTicket(call_id=call_id, ticket_id=ticket_id, linked_at=at, actor=actor))
         session.add(TicketEvent(ticket_id=ticket_id, at=at, actor=actor, kind="call",
                                 new_value=call_id))  # fmt: skip
+
+    def link_customer(self, call_id: str, customer_id: str) -> bool:
+        """Say who called: the call's row gets `customer_id` (a caller the CRM did not
+        know when the call came in). False: the call has no row yet (still up). KeyError:
+        no such customer; ValueError: the call is another customer's already."""
+        with self.sessions.begin() as session:
+            if session.get(Customer, customer_id) is None:
+                raise KeyError(customer_id)
+            record = session.get(CallRecord, call_id)
+            if record is None:
+                return False
+            if record.customer_id not in (None, customer_id):
+                raise ValueError(
+                    f"call {call_id} is linked to customer {record.customer_id} already"
+                )
+            record.customer_id = customer_id
+        return True
+
+    def calls(
+        self,
+        *,
+        agent: str | None = None,
+        customer_id: str | None = None,
+        limit: int = 20,
+        before: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Calls newest first (an agent's, a customer's, or all), each with the customer's
+        name and the linked tickets. `before`: a call id from the previous page — the page
+        goes on with the calls older than it (ties in time ordered by call id). KeyError:
+        `before` names no call."""
+        query = select(CallRecord, Customer.name).outerjoin(
+            Customer, Customer.customer_id == CallRecord.customer_id
+        )
+        if agent is not None:
+            query = query.where(CallRecord.agent == agent)
+        if customer_id is not None:
+            query = query.where(CallRecord.customer_id == customer_id)
+        with self.sessions() as session:
+            if before is not None:
+                cursor = session.get(CallRecord, before)
+                if cursor is None:
+                    raise KeyError(before)
+                at = select(CallRecord.arrived_at).where(CallRecord.call_id == before)
+                at_sub = at.scalar_subquery()
+                query = query.where(
+                    or_(
+                        CallRecord.arrived_at < at_sub,
+                        and_(CallRecord.arrived_at == at_sub, CallRecord.call_id < before),
+                    )
+                )
+            query = query.order_by(CallRecord.arrived_at.desc(), CallRecord.call_id.desc())
+            rows = session.execute(query.limit(limit)).all()
+            links: dict[str, list[str]] = {}
+            if rows:
+                ids = [record.call_id for record, _ in rows]
+                for link in session.scalars(select(CallTicket).where(CallTicket.call_id.in_(ids))):
+                    links.setdefault(link.call_id, []).append(link.ticket_id)
+            return [
+                call_summary(record, name, sorted(links.get(record.call_id, [])))
+                for record, name in rows
+            ]
 
     def interactions(self, customer_id: str, limit: int = 5) -> list[dict[str, Any]]:
         """A customer's last calls, newest first (what the screen pop shows)."""
@@ -596,13 +885,35 @@ def ticket_summary(ticket: Ticket) -> dict[str, str]:
     }
 
 
+def call_summary(
+    record: CallRecord, customer_name: str | None, tickets: Sequence[str]
+) -> dict[str, Any]:
+    """One line of a call history: who called, who took it, when, how it ended."""
+    return {
+        "call_id": record.call_id,
+        "caller": record.caller,
+        "customer_id": record.customer_id,
+        "customer_name": customer_name,
+        "queue": record.queue,
+        "agent": record.agent,
+        "arrived_at": iso(record.arrived_at),
+        "answered_at": iso(record.answered_at) or None,
+        "ended_at": iso(record.ended_at) or None,
+        "talk_s": _seconds(record.answered_at, record.ended_at),
+        "hangup_side": record.hangup_side,
+        "disposition": record.disposition,
+        "tickets": list(tickets),
+    }
+
+
+def _seconds(start: datetime | None, end: datetime | None) -> float | None:
+    a, b = utc(start), utc(end)
+    return None if a is None or b is None else round((b - a).total_seconds(), 3)
+
+
 def interaction_payload(record: CallRecord, tickets: Sequence[str]) -> dict[str, Any]:
     """A call row as the interaction an external CRM receives (times ISO 8601 UTC,
     durations in seconds, the IVR path and variables as JSON values)."""
-
-    def seconds(start: datetime | None, end: datetime | None) -> float | None:
-        a, b = utc(start), utc(end)
-        return None if a is None or b is None else round((b - a).total_seconds(), 3)
 
     def loads(value: str | None) -> Any:
         return json.loads(value) if value else None
@@ -617,8 +928,8 @@ def interaction_payload(record: CallRecord, tickets: Sequence[str]) -> dict[str,
         "arrived_at": iso(record.arrived_at),
         "answered_at": iso(record.answered_at) or None,
         "ended_at": iso(record.ended_at) or None,
-        "wait_s": seconds(record.queued_at, record.answered_at or record.ended_at),
-        "talk_s": seconds(record.answered_at, record.ended_at),
+        "wait_s": _seconds(record.queued_at, record.answered_at or record.ended_at),
+        "talk_s": _seconds(record.answered_at, record.ended_at),
         "wrap_up_s": record.wrap_up_s,
         "hangup_side": record.hangup_side,
         "disposition": record.disposition,
@@ -630,6 +941,27 @@ def interaction_payload(record: CallRecord, tickets: Sequence[str]) -> dict[str,
         "voicemail_path": record.voicemail_path,
         "tickets": list(tickets),
     }
+
+
+def _customer_values(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """The customer columns of `fields`, with empty optional text stored as NULL (an empty
+    account number must not collide with another empty one)."""
+    unknown = set(fields) - set(CUSTOMER_FIELDS)
+    if unknown:
+        raise ValueError(f"not a customer field: {', '.join(sorted(unknown))}")
+    values = dict(fields)
+    for name in ("account_number", "email", "owner"):
+        if name in values:
+            values[name] = (values[name] or "").strip() or None
+    if "tags" in values:
+        values["tags"] = [str(t).strip() for t in values["tags"] or [] if str(t).strip()]
+    return values
+
+
+def _as_utc(value: datetime | None) -> datetime | None:
+    """In UTC: SQLite keeps no zone, so a time stored in another zone would read wrong."""
+    aware = utc(value)
+    return aware.astimezone(UTC) if aware is not None else None
 
 
 def _text(value: Any) -> str | None:

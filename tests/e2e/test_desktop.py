@@ -2,7 +2,9 @@
 served by `kefu serve`, signs alice in, her browser phone registers over the edge's
 WebSocket; a SIPp caller (a VIP in the CRM) dials in; the page shows the customer and
 her open ticket while the phone is still ringing; alice answers in the page and audio
-flows both ways through rtpengine. Screenshots land in the test's artifacts.
+flows both ways through rtpengine. Then an unknown caller: alice creates the customer
+from the pop's form while it rings, her wrap-up opens their ticket, Ready ends the
+wrap-up, and the call shows in her history. Screenshots land in the test's artifacts.
 """
 
 from __future__ import annotations
@@ -48,7 +50,8 @@ def center(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Center]:
     taken = set(ports.values())
     ws, ng = free_port(avoid=taken), free_port(avoid=taken)
     media = free_port(span=40, avoid=taken | {ws, ng})
-    config = center_config(ports, workers=1)
+    # a wrap-up long enough to see its countdown and end it with Ready
+    config = center_config(ports, workers=1, wrapup_s=20)
     config["edge"] |= {"ws_port": ws, "ws_origins": [f"http://127.0.0.1:{ports['http']}"]}
     config["rtpengine"] = {"ng_port": ng, "port_min": media, "port_max": media + 39}
     config["demo_customers"] = True
@@ -155,3 +158,94 @@ def test_agent_signs_in_sees_the_pop_while_ringing_and_answers_in_the_page(
         ).fetchone()
     assert "T-2041" in linked and len(linked) == 2
     assert (subject, priority) == ("Refund invoice 8812", "high")
+
+
+def test_an_unknown_callers_customer_is_created_from_the_pop_and_the_call_is_in_the_history(
+    center: Center, artifacts: Path
+) -> None:
+    from playwright.async_api import async_playwright
+
+    mic = tone_wav(artifacts / "mic.wav", 440, 30)
+
+    async def scenario() -> dict[str, str]:
+        async with async_playwright() as pw:
+            browser = await pw.chromium.launch(
+                executable_path=CHROMIUM, headless=True,
+                args=["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                      f"--use-file-for-fake-audio-capture={mic}"],
+            )  # fmt: skip
+            try:
+                page = await browser.new_page()
+                await page.goto(center.http + "/")
+                await page.fill("input[name=user]", "alice")
+                await page.fill("input[name=password]", "alice-demo-secret")
+                await page.click("#login-form button[type=submit]")
+                await page.wait_for_function(
+                    "document.getElementById('phone-status').textContent === 'phone ready'",
+                    timeout=15_000,
+                )
+                await page.wait_for_function("document.getElementById('state').textContent")
+                if await page.is_visible("#ready"):  # still wrapping up an earlier call
+                    await page.click("#ready")
+                await asyncio.to_thread(center.wait_agents, ["alice"])
+                caller = asyncio.create_task(asyncio.to_thread(
+                    run_sipp, "caller.xml", center.edge, local_port=center.sipp_port(2),
+                    media_port=free_port(span=4), service="1000", timeout_s=60, timeout=90,
+                    keys={"caller": "5552013344", "digit": "1", "dtmf_ms": "1000",
+                          "hold_ms": "6000"},
+                ))  # fmt: skip
+                await page.wait_for_selector("#new-customer:not([hidden])", timeout=30_000)
+                seen = {"phone": await page.input_value("#new-customer input[name=phone]")}
+                await page.fill("#new-customer input[name=name]", "Ana Silva")
+                await page.fill("#new-customer input[name=company]", "Silva Imports")
+                await page.click("#new-customer button[type=submit]")
+                await page.wait_for_selector("#new-customer[hidden]", state="attached")
+                seen["card"] = await page.inner_text("#customer")
+                await page.click("#phone-answer")
+                result = await caller
+                assert result.ok, result.output[-3000:]
+                await page.wait_for_selector("#wrapup:not([hidden])", timeout=15_000)
+                await page.wait_for_selector("#ready:not([hidden])", timeout=5_000)
+                await page.wait_for_function(
+                    "document.getElementById('wrapup-left').textContent.startsWith('wrap-up')"
+                )
+                seen["countdown"] = await page.inner_text("#wrapup-left")
+                await page.fill("input[name=subject]", "First order")
+                await page.click("#wrapup button[type=submit]")
+                await page.wait_for_function(
+                    "document.getElementById('wrapup-result').textContent.startsWith('Saved')",
+                    timeout=10_000,
+                )
+                seen["wrapup"] = await page.inner_text("#wrapup-result")
+                await page.click("#ready")
+                await page.wait_for_function(
+                    "document.getElementById('state').dataset.state === 'available'",
+                    timeout=5_000,
+                )
+                await page.wait_for_function(
+                    "document.getElementById('history-list').textContent.includes('Ana Silva')",
+                    timeout=10_000,
+                )
+                await page.click("#history-list li:first-child")
+                await page.wait_for_selector("#interaction:not([hidden])")
+                seen["interaction"] = await page.inner_text("#interaction")
+                await page.screenshot(path=str(artifacts / "history.png"), full_page=True)
+                return seen
+            finally:
+                await browser.close()
+
+    seen = asyncio.run(scenario())
+    assert seen["phone"] == "5552013344"
+    assert "Ana Silva" in seen["card"] and "Silva Imports" in seen["card"]
+    assert seen["countdown"].endswith(" s")
+    assert "First order" not in seen["wrapup"] and "T-" in seen["wrapup"]
+    assert "Ana Silva" in seen["interaction"] and "First order" not in seen["interaction"]
+    (row,) = center.wait_calls(1, where=lambda r: r["caller"] == "5552013344")
+    with sqlite3.connect(center.data_dir / "kefu.sqlite3") as db:
+        (name,) = db.execute(
+            "SELECT name FROM customers WHERE customer_id = ?", (row["customer_id"],)
+        ).fetchone()
+        (subject,) = db.execute(
+            "SELECT subject FROM tickets WHERE customer_id = ?", (row["customer_id"],)
+        ).fetchone()
+    assert (name, subject) == ("Ana Silva", "First order")

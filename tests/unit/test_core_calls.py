@@ -398,13 +398,13 @@ async def test_wrap_up_stores_the_disposition_and_a_new_linked_ticket(harness: H
     dial, _ = harness.last(ev.Dial)
     await harness.send(ev.LegAnswered(worker=W, leg=dial.leg))
     with pytest.raises(ValueError, match="hang up first"):
-        await core.wrap_up("w-1", agent="alice", disposition="resolved")
+        await core.desk.wrap_up("w-1", agent="alice", disposition="resolved")
     await harness.send(ev.LegEnded(worker=W, leg="w-1", by="remote", sip_code=200, reason=""))
     await harness.send(ev.LegEnded(worker=W, leg=dial.leg, by="local", sip_code=200, reason=""))
     await harness.settled()
     with pytest.raises(PermissionError):
-        await core.wrap_up("w-1", agent="bob", disposition="resolved")
-    done = await core.wrap_up(
+        await core.desk.wrap_up("w-1", agent="bob", disposition="resolved")
+    done = await core.desk.wrap_up(
         "w-1", agent="alice", disposition="refund issued", notes="charged twice",
         new_ticket={"subject": "Refund 8812", "priority": "high"}, link_tickets=["T-2041"],
     )  # fmt: skip

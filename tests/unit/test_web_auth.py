@@ -18,11 +18,33 @@ from tests.support.configs import demo_data
 ORIGIN = "http://127.0.0.1:8080"
 
 
+class FakeDesk:
+    """The CRM work the API hands to `core.desk`: one customer, one call."""
+
+    async def customer_search(self, query: str) -> list[dict[str, Any]]:
+        return [{"customer_id": "c-1001", "name": "Wang Fang"}] if "wang" in query.lower() else []
+
+    async def wrap_up(self, call_id: str, *, agent: str | None, disposition: str,
+                      notes: str = "", new_ticket: dict[str, str] | None = None,
+                      link_tickets: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
+        if call_id != "c1":
+            raise KeyError(f"no call {call_id!r}")
+        if agent not in (None, "alice"):
+            raise PermissionError("not your call")
+        return {"call_id": call_id, "disposition": disposition, "tickets": ["T-1"]}
+
+    async def customer_card(self, customer_id: str) -> dict[str, Any] | None:
+        return (
+            {"customer_id": customer_id, "name": "Wang Fang"} if customer_id == "c-1001" else None
+        )
+
+
 class FakeCore:
     """The views the API reads: two agents, alice on a call from Wang Fang."""
 
     def __init__(self) -> None:
         self.states = {"alice": "on_call", "bob": "available"}
+        self.desk = FakeDesk()
 
     def health(self) -> dict[str, Any]:
         return {"status": "ok", "components": {}}
@@ -45,23 +67,6 @@ class FakeCore:
 
     def agent_snapshot(self, agent_id: str) -> dict[str, Any]:
         return {"state": self.states[agent_id], "call": None}
-
-    async def customer_search(self, query: str) -> list[dict[str, Any]]:
-        return [{"customer_id": "c-1001", "name": "Wang Fang"}] if "wang" in query.lower() else []
-
-    async def wrap_up(self, call_id: str, *, agent: str | None, disposition: str,
-                      notes: str = "", new_ticket: dict[str, str] | None = None,
-                      link_tickets: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
-        if call_id != "c1":
-            raise KeyError(f"no call {call_id!r}")
-        if agent not in (None, "alice"):
-            raise PermissionError("not your call")
-        return {"call_id": call_id, "disposition": disposition, "tickets": ["T-1"]}
-
-    async def customer_card(self, customer_id: str) -> dict[str, Any] | None:
-        return (
-            {"customer_id": customer_id, "name": "Wang Fang"} if customer_id == "c-1001" else None
-        )
 
 
 @pytest.fixture
