@@ -10,6 +10,9 @@ same row must not race). `live` tells it about calls the core still holds in mem
 a wrap-up waits for the hang-up, and a caller linked to a new customer while the call is
 up has no row yet — the link is kept here and written as soon as the core has saved
 the row (at the next desk operation on calls, the wrap-up at the latest).
+A transferred call (`core.control`) has several agents: one who handed it on wraps up
+their part while it goes on — their notes are added under their name, and the call's
+disposition and wrap-up time are its last agent's.
 
 Write-back: an external CRM (`crm_link.crm.CrmLink`) receives interactions through the
 outbox, so whatever changes a call's interaction — the wrap-up, a ticket opened on or
@@ -29,8 +32,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Executor
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
@@ -51,6 +55,14 @@ class LiveCall(Protocol):
 
     @property
     def ended_at(self) -> float | None: ...
+
+    @property
+    def handoffs(self) -> list[dict[str, Any]]: ...
+
+
+def handed_over_by(handoffs: Iterable[dict[str, Any]]) -> set[str]:
+    """The agents who had the call before it was transferred (their part is over)."""
+    return {str(h["from"]) for h in handoffs if h.get("from")}
 
 
 def _utc_now() -> datetime:
@@ -337,7 +349,12 @@ class Desk:
         not know (create the customer first)."""
         live = self._live(call_id)
         if live is not None and live.ended_at is None:
-            raise ValueError("the call is still up: hang up first")
+            # an agent who handed the call on wraps up their part while it goes on
+            earlier = handed_over_by(live.handoffs)
+            if agent is not None and agent != live.agent and agent not in earlier:
+                raise PermissionError("not your call")
+            if agent is None or agent == live.agent or agent not in earlier:
+                raise ValueError("the call is still up: hang up first")
         return await self._run(
             self._wrap_up, call_id, agent, disposition, notes, new_ticket,
             list(link_tickets or []),
@@ -356,8 +373,16 @@ class Desk:
         record = self.store.get(call_id)
         if record is None:
             raise KeyError(f"no call {call_id!r}")
-        if agent is not None and record.agent != agent:
+        handoffs = json.loads(record.handoffs) if record.handoffs else []
+        earlier = handed_over_by(handoffs)
+        if agent is not None and record.agent != agent and agent not in earlier:
             raise PermissionError("not your call")
+        final = agent is None or record.agent == agent
+        if handoffs and notes:
+            # each agent of a transferred call adds their own part
+            notes = "\n".join(filter(None, [record.notes, f"[{agent or 'supervisor'}] {notes}"]))
+        elif not notes:
+            notes = record.notes or ""
         now = self._clock()
         tickets = list(link_tickets)
         if new_ticket is not None:
@@ -370,7 +395,7 @@ class Desk:
                     priority=new_ticket.get("priority", "normal"),
                     at=now,
                     actor=agent or "supervisor",
-                    assignee=record.agent,
+                    assignee=agent or record.agent,
                     call_id=call_id,
                 )
             )
@@ -379,10 +404,12 @@ class Desk:
             ended = ended.replace(tzinfo=UTC)  # SQLite gives naive datetimes back
         self.store.wrap_up(
             call_id,
-            disposition=disposition,
+            # the call's outcome is its last agent's; an earlier one's only until then
+            disposition=disposition if final or not record.disposition else record.disposition,
             notes=notes or None,
             at=now,
-            wrap_up_s=(now - ended).total_seconds() if ended is not None else None,
+            # the wrap-up time is the last agent's (after the call ended)
+            wrap_up_s=(now - ended).total_seconds() if ended is not None and final else None,
             tickets=tickets,
             actor=agent or "supervisor",
         )

@@ -290,3 +290,30 @@ async def test_the_caller_hanging_up_during_a_consultation_ends_everything(desk:
     assert desk.state("alice") is AgentState.WRAP_UP
     assert desk.state("bob") is AgentState.WRAP_UP
     assert control.consults == {}
+
+
+async def test_each_agent_of_a_transferred_call_wraps_up_their_part(desk: Desk) -> None:
+    desk.core.control.transfer(CALLER, agent="alice", to_agent="bob")
+    dial = next(c for c in desk.sent() if isinstance(c, ev.Dial))
+    await desk.h.send(ended(desk.alice_leg, by="local"))
+    await desk.h.send(ev.LegAnswered(worker=W, leg=dial.leg))
+    await desk.h.settled()
+    # alice's part is over while bob talks; bob's is not
+    done = await desk.core.desk.wrap_up(CALLER, agent="alice", disposition="escalated",
+                                        notes="billing, for bob")  # fmt: skip
+    assert done["disposition"] == "escalated"
+    with pytest.raises(ValueError, match="still up"):
+        await desk.core.desk.wrap_up(CALLER, agent="bob", disposition="resolved")
+    with pytest.raises(PermissionError):
+        await desk.core.desk.wrap_up(CALLER, agent="carol", disposition="resolved")
+    await desk.h.send(ended(CALLER))
+    await desk.h.send(ended(dial.leg, by="local"))
+    await desk.h.settled()
+    await desk.core.desk.wrap_up(CALLER, agent="bob", disposition="resolved", notes="refunded")
+    row = desk.core.store.get(CALLER)
+    assert row is not None and row.disposition == "resolved" and row.wrap_up_s is not None
+    assert row.notes == "[alice] billing, for bob\n[bob] refunded"
+    # alice changing her mind later does not overwrite the outcome bob recorded
+    await desk.core.desk.wrap_up(CALLER, agent="alice", disposition="escalated")
+    row = desk.core.store.get(CALLER)
+    assert row is not None and row.disposition == "resolved"
