@@ -16,6 +16,9 @@ filed as a ticket, `Transfer` dials an agent or the trunk and bridges, `StoreSur
 and `FlowEnded` land in the call's row. `kefu config reload` (or SIGHUP) loads new
 flows for new calls; running calls finish on the version they started with.
 
+Hold and transfers of a call an agent is on are `core.control` (it uses the same offer
+path); the desktop's customers, tickets and wrap-ups are `core.desk`.
+
 Neighbours: `core.bus` (MQTT), `ivr.engine`, `acd.engine`, `crm_link.store` (SQL),
 `recording` (prompts, paths, speech), `softphone_web.app` (HTTP), `pbx.edge`
 (registrations, trunk URIs).
