@@ -100,15 +100,17 @@ def test_crm_down_falls_back_and_the_outbox_delivers_later(tmp_path: Path) -> No
             "the outbox delivered",
             interval=0.25,
         )
-        delivered = outbox_rows(center, call_id)
-        assert all(r["sent_at"] is not None for r in delivered), delivered
-        last = delivered[-1]
+        # Every message that waited is delivered (later saves of the call may have queued
+        # more: delivery is per message, at least once); the wrap-up's carries its data.
+        delivered = {r["id"]: r for r in outbox_rows(center, call_id)}
+        assert all(r["sent_at"] is not None for r in delivered.values()), delivered
+        for message in waiting:
+            assert delivered[message["id"]]["attempts"] >= 2  # failed while down, then sent
         got = {headers["Idempotency-Key"]: body for body, headers in crm.interactions}
-        body = got[f"kefu-outbox-{last['id']}"]
+        body = got[f"kefu-outbox-{waiting[-1]['id']}"]
         assert body["call_id"] == call_id and body["customer_id"] == pop["customer_id"]
         assert (body["disposition"], body["notes"]) == (DISPOSITION, NOTES)
         assert body["agent"] == "alice" and body["tickets"] == ["T-2041"]
-        assert last["attempts"] >= 2  # failed while the CRM was down, then delivered
     except BaseException:
         for name in ("core", "kamailio", "worker-1"):
             print(f"===== {name}\n{center.log(name)[-3000:]}")
