@@ -64,6 +64,7 @@ from ivr.engine import FlowEngine
 from ivr.prompts import catalog as prompt_catalog
 from ivr.validate import validate_flows
 from pbx.edge import Edge, trunk_uri
+from pbx.rtpengine import RtpengineError, ng_ping
 from recording import prompts
 from recording.speech import SpeechModel, SpeechUnavailable
 from recording.storage import recording_path, repair_wav
@@ -83,6 +84,10 @@ SPEECH_MARGIN_S = 1.0
 answer (about 0.2-0.5 s for a short grammar) reaches the flow before its timeout."""
 TRANSFER_RING_S = 30.0
 """How long a transfer target may ring before the transfer counts as failed."""
+RTPENGINE_POLL_S = 2.0
+RTPENGINE_PING_TIMEOUT_S = 0.5
+"""rtpengine answers an ng ping on loopback in well under a millisecond; a relay that
+takes longer than this is as good as down for the health report."""
 
 
 @dataclass
@@ -237,6 +242,8 @@ class Core:
         self.registered: dict[str, str] = {}
         self.edge_ok = False
         self.db_ok = False
+        self.rtpengine_ok = False
+        self.rtpengine_error = "not checked yet"
         self._tasks: set[asyncio.Task[None]] = set()
         self.prompt_files: dict[str, str] = {}
         self._outbox: asyncio.Queue[tuple[int, ev.MediaCommand, Any]] = asyncio.Queue()
@@ -295,6 +302,8 @@ class Core:
             asyncio.create_task(self._poll_registrations(), name="registrations"),
             asyncio.create_task(server.serve(), name="http"),
         ]
+        if self.settings.edge.webrtc:
+            tasks.append(asyncio.create_task(self._watch_rtpengine(), name="rtpengine"))
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             self._loop.add_signal_handler(sig, stop.set)
@@ -517,6 +526,26 @@ class Core:
             if self.db_ok:
                 log.warning("database unavailable: %s", exc)
             self.db_ok = False
+
+    async def _watch_rtpengine(self) -> None:
+        """Ping the media relay every RTPENGINE_POLL_S from a thread (the ping blocks up
+        to its timeout): a dead or hung rtpengine shows in health, never stalls the loop."""
+        while True:
+            await self._check_rtpengine()
+            await asyncio.sleep(RTPENGINE_POLL_S)
+
+    async def _check_rtpengine(self) -> None:
+        port = self.settings.rtpengine.ng_port
+        try:
+            await asyncio.to_thread(ng_ping, port, timeout=RTPENGINE_PING_TIMEOUT_S)
+        except RtpengineError as exc:
+            if self.rtpengine_ok:
+                log.warning("rtpengine unavailable: %s", exc)
+            self.rtpengine_ok, self.rtpengine_error = False, str(exc)
+            return
+        if not self.rtpengine_ok:
+            log.info("rtpengine answers on ng port %d", port)
+        self.rtpengine_ok, self.rtpengine_error = True, ""
 
     async def _look_up_caller(self, call: Call) -> None:
         """The CRM card, fetched while the IVR plays; it feeds the call's priority."""
@@ -1579,6 +1608,12 @@ class Core:
             "database": {"ok": db_ok},
             "workers": {"ok": all(w["up"] for w in workers.values()), "each": workers},
         }
+        if self.settings.edge.webrtc:  # browsers' media goes through it (refreshed off the loop)
+            components["rtpengine"] = {
+                "ok": self.rtpengine_ok,
+                "ng_port": self.settings.rtpengine.ng_port,
+                **({"error": self.rtpengine_error} if self.rtpengine_error else {}),
+            }
         ok = all(c["ok"] for c in components.values())
         return {"status": "ok" if ok else "degraded", "components": components}
 

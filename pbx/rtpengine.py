@@ -8,8 +8,9 @@ worker sees an ordinary SIP agent leg and Python never touches a browser's audio
 
 This module builds the command line (`rtpengine_argv`), runs it in the foreground as a
 `pbx.procs.ManagedProcess` (`Rtpengine.start`), and talks the ng protocol (bencoded
-dictionaries over UDP with a cookie) to ping it and list or query its calls. `kefu
-serve` starts it before Kamailio when `edge.ws_port` is set; the tests start their own.
+dictionaries over UDP with a cookie) to ping it (`ng_ping`, also the core's health
+probe) and list or query its calls. `kefu serve` starts it before Kamailio when
+`edge.ws_port` is set; the tests start their own.
 """
 
 from __future__ import annotations
@@ -112,7 +113,10 @@ def ng_request(port: int, command: dict[str, Any], *, timeout: float = NG_TIMEOU
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.settimeout(timeout)
         try:
-            sock.sendto(cookie + b" " + bencode(command), ("127.0.0.1", port))
+            # Connected, so a closed port fails at once: Linux reports the ICMP port
+            # unreachable only to a connected UDP socket (unconnected: the full timeout).
+            sock.connect(("127.0.0.1", port))
+            sock.send(cookie + b" " + bencode(command))
             while True:
                 data = sock.recv(65535)
                 got, _, body = data.partition(b" ")
@@ -120,11 +124,25 @@ def ng_request(port: int, command: dict[str, Any], *, timeout: float = NG_TIMEOU
                     break
         except OSError as exc:  # timeout, or ICMP port unreachable on loopback
             raise RtpengineError(f"ng {command.get('command')} on {port}: {exc}") from exc
-    reply = bdecode(body)
+    try:
+        reply = bdecode(body)
+    except ValueError as exc:
+        raise RtpengineError(f"ng {command.get('command')} on {port}: {exc}") from exc
     if not isinstance(reply, dict) or reply.get("result") == "error":
         reason = reply.get("error-reason") if isinstance(reply, dict) else reply
         raise RtpengineError(f"ng {command.get('command')}: {reason}")
     return reply
+
+
+def ng_ping(port: int, *, timeout: float = NG_TIMEOUT_S) -> None:
+    """rtpengine on 127.0.0.1:`port` answers the ng `ping` with `pong` within `timeout`.
+
+    `RtpengineError` says why not: no answer in time, nothing listening (loopback
+    answers with ICMP port unreachable), an error reply, or a reply that is not `pong`.
+    Blocks up to `timeout`: call it off the event loop."""
+    reply = ng_request(port, {"command": "ping"}, timeout=timeout)
+    if reply.get("result") != "pong":
+        raise RtpengineError(f"ng ping on {port}: answered {reply!r}, not pong")
 
 
 # ---------------------------------------------------------------- the process
@@ -185,10 +203,10 @@ class Rtpengine(RunsOneProcess):
 
     def ping(self, timeout: float = NG_TIMEOUT_S) -> bool:
         try:
-            reply = ng_request(self.ng_port, {"command": "ping"}, timeout=timeout)
+            ng_ping(self.ng_port, timeout=timeout)
         except RtpengineError:
             return False
-        return bool(reply.get("result") == "pong")
+        return True
 
     def calls(self) -> list[str]:
         """Call-IDs of the sessions rtpengine holds now."""
