@@ -94,12 +94,27 @@ def enqueue(
     payload: Mapping[str, Any],
     now: datetime,
 ) -> int:
-    """Queue `payload` for `target`; returns the message id. A pending message for the
-    same key that was never tried takes the new payload instead (one write for a call
-    saved twice); one already tried stays as it is and a new message follows it."""
+    """Queue `payload` for `target`; returns the message id. The same payload as the
+    key's latest message (sent, or on its way) is not queued again: a call saved twice
+    with nothing new for the CRM is written once. A pending message for the same key
+    that was never tried takes a new payload instead; one already tried stays as it is
+    and a new message follows it (an update, e.g. the recording or a wrap-up)."""
     now = now.astimezone(UTC)
     body = json.dumps(payload, ensure_ascii=False, sort_keys=True)
     with store.sessions.begin() as session:
+        latest = session.scalars(
+            select(OutboxMessage)
+            .where(
+                OutboxMessage.target == target,
+                OutboxMessage.key == key,
+                OutboxMessage.kind == kind,
+                OutboxMessage.status != "rejected",
+            )
+            .order_by(OutboxMessage.id.desc())
+            .limit(1)
+        ).first()
+        if latest is not None and latest.payload == body:
+            return latest.id
         waiting = session.scalars(
             select(OutboxMessage)
             .where(

@@ -317,6 +317,14 @@ def test_interactions_written_while_the_crm_is_away_are_delivered_when_it_is_bac
 
         assert link.drain(now=NOW + timedelta(minutes=5)).sent == 0  # nothing twice
         assert len(fake_crm.interactions) == 2
+        # the core saves a call again (its recording finished): nothing new, nothing sent;
+        # a real change (a later wrap-up) is an update, sent as a new message
+        assert link.record_interaction("c1", now=NOW + timedelta(minutes=6)) == rows[0].id
+        store.wrap_up("c1", disposition="escalated", at=NOW)
+        link.record_interaction("c1", now=NOW + timedelta(minutes=6))
+        assert link.drain(now=NOW + timedelta(minutes=6)).sent == 1
+        c1 = [b["disposition"] for b, _ in fake_crm.interactions if b["call_id"] == "c1"]
+        assert c1 == ["resolved", "escalated"]
     finally:
         link.close()
 
