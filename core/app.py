@@ -1542,9 +1542,14 @@ class Core:
                 on_fail(result)
 
     async def _poll_registrations(self) -> None:
+        """Every second: agent presence from the registrar, queue positions for the
+        flows, the journal; every few: reconcile the queue engine, check the database
+        and drain the CRM outbox. An edge whose RPC is away stops only the presence part
+        (nobody is logged out for it)."""
         users = {a.sip_user: name for name, a in self.settings.agents.items()}
         polls = 0
         while True:
+            registered: dict[str, str] | None
             try:
                 registered = await asyncio.to_thread(self.edge.registered_users)
                 self.edge_ok = True
@@ -1552,21 +1557,10 @@ class Core:
                 if self.edge_ok:
                     log.warning("edge RPC unavailable: %s", exc)
                 self.edge_ok = False
-                await asyncio.sleep(REGISTRATION_POLL_S)
-                continue
+                registered = None
             now = self.now()
-            for user, contact in registered.items():
-                agent_id = users.get(user)
-                if agent_id is not None and user not in self.registered:
-                    log.info("agent %s registered from %s", agent_id, contact)
-                    available = self.settings.agents[agent_id].auto_available
-                    self._acd(acd.AgentLoggedIn(agent_id=agent_id, available=available), now=now)
-            for user in set(self.registered) - set(registered):
-                agent_id = users.get(user)
-                if agent_id is not None:
-                    log.info("agent %s unregistered", agent_id)
-                    self._acd(acd.AgentLoggedOut(agent_id=agent_id), now=now)
-            self.registered = registered
+            if registered is not None:
+                self._presence(registered, users, now)
             for call in list(self.calls.values()):
                 if call.queue and call.answered_at is None and not call.caller_ended:
                     self._tell_position(call)
@@ -1574,19 +1568,35 @@ class Core:
             self._journal.flush()
             self._rotate_journal()
             if polls % RECONCILE_EVERY == 0:
-                # Self-healing: whatever the engine holds that the media side and the
-                # registrar no longer know about is let go.
-                live = frozenset(
-                    cid
-                    for cid, c in self.calls.items()
-                    if c.ended_at is None and (not c.caller_ended or c.is_callback)
-                ) | frozenset(self.control.consults)
-                agents = frozenset(users[u] for u in registered if u in users)
-                self._acd(acd.Reconcile(live_calls=live, registered_agents=agents), now=now)
+                if registered is not None:
+                    # Self-healing: whatever the engine holds that the media side and
+                    # the registrar no longer know about is let go.
+                    live = frozenset(
+                        cid
+                        for cid, c in self.calls.items()
+                        if c.ended_at is None and (not c.caller_ended or c.is_callback)
+                    ) | frozenset(self.control.consults)
+                    agents = frozenset(users[u] for u in registered if u in users)
+                    self._acd(acd.Reconcile(live_calls=live, registered_agents=agents), now=now)
                 self._spawn(self._check_database())
                 self._spawn(self._drain_crm())
             self._pump()
             await asyncio.sleep(REGISTRATION_POLL_S)
+
+    def _presence(self, registered: dict[str, str], users: dict[str, str], now: float) -> None:
+        """Agents whose phone registered log in; those whose phone went log out."""
+        for user, contact in registered.items():
+            agent_id = users.get(user)
+            if agent_id is not None and user not in self.registered:
+                log.info("agent %s registered from %s", agent_id, contact)
+                available = self.settings.agents[agent_id].auto_available
+                self._acd(acd.AgentLoggedIn(agent_id=agent_id, available=available), now=now)
+        for user in set(self.registered) - set(registered):
+            agent_id = users.get(user)
+            if agent_id is not None:
+                log.info("agent %s unregistered", agent_id)
+                self._acd(acd.AgentLoggedOut(agent_id=agent_id), now=now)
+        self.registered = registered
 
     # ------------------------------------------------------------------ views (HTTP)
 

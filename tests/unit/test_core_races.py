@@ -5,6 +5,7 @@ offers. Each test names the defect it guards against."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from pathlib import Path
@@ -13,7 +14,8 @@ from typing import Any
 import pytest
 import yaml
 
-from acd.engine import AgentLoggedOut, AgentState
+from acd.engine import AgentLoggedOut, AgentSetAway, AgentState
+from core import app
 from tests.support.core_harness import Harness, W, Walk, harness_data
 from wire import events as ev
 
@@ -398,3 +400,44 @@ async def test_11_a_callback_dial_the_worker_refused_is_not_the_agents_fault(
     on_fail(ev.CommandResult(ok=False, error="worker full: 4/4 legs"))
     await harness.settled()
     assert core.acd.agent("alice").missed == 0, "counted as alice letting it ring out"
+
+
+async def test_an_edge_rpc_outage_stops_only_the_presence_poll(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Kamailio's RPC away: nobody is logged out for it, and the queue positions, the
+    database check and the CRM outbox drain go on."""
+    core = harness.core
+
+    def rpc_down() -> dict[str, str]:
+        raise ConnectionRefusedError("edge RPC")
+
+    monkeypatch.setattr(core.edge, "registered_users", rpc_down)
+    monkeypatch.setattr(app, "REGISTRATION_POLL_S", 0.01)
+    core._acd(AgentSetAway(agent_id="alice", reason="break"))  # the caller must wait
+    await harness.send(
+        ev.LegIncoming(worker=W, leg="c1", sip_call_id="x", caller="5550001", did="1000")
+    )
+    await harness.send(ev.LegAnswered(worker=W, leg="c1"))
+    await harness.send(ev.DtmfReceived(worker=W, leg="c1", digit="1"))
+    core._positions.clear()
+    drained: list[bool] = []
+
+    async def drain() -> None:
+        drained.append(True)
+
+    monkeypatch.setattr(core, "_drain_crm", drain)
+    poll = asyncio.create_task(core._poll_registrations())
+    try:
+        for _ in range(100):
+            await asyncio.sleep(0.02)
+            if drained and core.db_ok and "c1" in core._positions:
+                break
+    finally:
+        poll.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await poll
+    assert core.edge_ok is False
+    assert core._positions["c1"][0] == 1  # still told its place
+    assert drained and core.db_ok
+    assert core.acd.agent("alice").state is AgentState.AWAY  # not logged out
