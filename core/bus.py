@@ -20,6 +20,7 @@ import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from pbx.mqtt import no_delay
 from wire import codec
 from wire.events import CommandResult, MediaCommand
 
@@ -64,6 +65,7 @@ class Bus:
                     max_queued_outgoing_messages=50_000,
                 ) as client:
                     self._client = client
+                    no_delay(client)
                     await client.subscribe(codec.WORKER_STATUS, qos=1)
                     await client.subscribe(codec.WORKER_EVENTS, qos=1)
                     await client.subscribe(self._response_topic, qos=1)

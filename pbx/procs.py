@@ -179,6 +179,7 @@ def mosquitto_config(port: int, data_dir: Path) -> Path:
         "allow_anonymous true\n"
         "persistence false\n"
         "max_queued_messages 10000\n"
+        "set_tcp_nodelay true\n"
         "log_type error\nlog_type warning\n"
     )
     return conf

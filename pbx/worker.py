@@ -44,6 +44,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from pbx.media import Inbox, LegCall, Note, Player, Stack, StackConfig, rtp_snapshot
+from pbx.mqtt import no_delay
 from wire import codec
 from wire.events import (
     Answer,
@@ -992,6 +993,7 @@ class Worker:
                     will=will,
                     keepalive=10,
                 ) as client:
+                    no_delay(client)
                     log.info("broker %s:%d connected", self.cfg.broker_host, self.cfg.broker_port)
                     backoff = 0.2
                     # The retained status may have been replaced by our own last will;
