@@ -37,7 +37,7 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -82,6 +82,8 @@ RECONCILE_EVERY = 5
 SPEECH_MARGIN_S = 1.0
 """A spoken answer is recorded for the menu's timeout minus this, so the recogniser's
 answer (about 0.2-0.5 s for a short grammar) reaches the flow before its timeout."""
+POP_FIRST_S = 0.05
+"""How long an agent's phone may wait for their browser to take the screen pop."""
 TRANSFER_RING_S = 30.0
 """How long a transfer target may ring before the transfer counts as failed."""
 RTPENGINE_POLL_S = 2.0
@@ -1272,23 +1274,8 @@ class Core:
             return
         if isinstance(cmd, acd.OfferCall):
             call = self.calls.get(cmd.call_id)
-            if call is None:
-                return
-            leg = uuid.uuid4().hex
-            call.agent, call.agent_leg = cmd.agent_id, leg
-            call.offered_at = call.offered_at or time.time()  # the first offer counts
-            if cmd.trace is not None:
-                call.routing.append(plain(cmd.trace))
-            self.legs[leg] = (call.call_id, "agent")
-            # the screen pop goes out before the Dial: it reaches the agent's browser
-            # no later than the phone starts ringing
-            self.web.hub.publish(cmd.agent_id, self.screen_pop(call, "offer"))
-            uri = self._agent_uri(cmd.agent_id)
-            self._send(
-                call.worker,
-                ev.Dial(leg=leg, uri=uri, caller_id=call.caller, related_leg=call.call_id),
-                on_fail=lambda _r, c=call, leg=leg: self._dial_failed(c, leg),
-            )
+            if call is not None:
+                self._offer(call, cmd)
         elif isinstance(cmd, acd.CancelOffer):
             call = self.calls.get(cmd.call_id)
             if call is not None and call.is_callback and call.answered_at is None:
@@ -1313,6 +1300,57 @@ class Core:
                     cmd.agent, {"type": "state", "state": cmd.state, "reason": cmd.reason}
                 )
             self._publish(cmd)
+
+    def _offer(self, call: Call, cmd: acd.OfferCall) -> None:
+        leg = uuid.uuid4().hex
+        call.agent, call.agent_leg = cmd.agent_id, leg
+        call.offered_at = call.offered_at or time.time()  # the first offer counts
+        if cmd.trace is not None:
+            call.routing.append(plain(cmd.trace))
+        self.legs[leg] = (call.call_id, "agent")
+        self.ring_agent(
+            call, leg, cmd.agent_id, self.screen_pop(call, "offer"),
+            caller_id=call.caller,
+            wanted=lambda: call.agent_leg == leg,
+            on_fail=lambda _r: self._dial_failed(call, leg),
+        )  # fmt: skip
+
+    def ring_agent(
+        self,
+        call: Call,
+        leg: str,
+        agent: str,
+        pop: dict[str, Any],
+        *,
+        caller_id: str,
+        wanted: Callable[[], bool],
+        on_fail: Callable[[ev.CommandResult], None],
+    ) -> None:
+        """Push the screen pop to the agent's sockets, then dial the agent's phone.
+
+        The pop must be on the agent's screen no later than the phone rings: with a
+        socket open, the Dial waits until the desktop page says it shows the pop (or,
+        for a client that does not confirm, until the frame is written), at most
+        POP_FIRST_S, so a stuck browser cannot hold a call up. An offer withdrawn
+        meanwhile (`wanted()` false) is not dialled at all."""
+        self.web.hub.publish(agent, pop)
+        dial = ev.Dial(leg=leg, uri=self._agent_uri(agent), caller_id=caller_id,
+                       related_leg=call.call_id)  # fmt: skip
+        if not self.web.hub.connected(agent):
+            self._send(call.worker, dial, on_fail=on_fail)
+            return
+
+        async def after_the_pop() -> None:
+            await self.web.hub.popped(agent, call.call_id, POP_FIRST_S)
+            if wanted() and not call.caller_ended and leg in self.legs:
+                self._send(call.worker, dial, on_fail=on_fail)
+                return
+            # withdrawn while the pop went out: there is no phone to ring or hang up
+            self.legs.pop(leg, None)
+            if call.caller_ended:
+                self._maybe_finish(call)
+
+        self._spawn(after_the_pop())
 
     def _overflow(self, cmd: acd.Overflow) -> None:
         call = self.calls.get(cmd.call_id)

@@ -242,12 +242,10 @@ class CallControl:
         core.legs[leg] = (call.call_id, "consult")
         pop = core.screen_pop(call, "consult")
         pop["consult_from"] = c.by
-        core.web.hub.publish(agent_id, pop)  # before the Dial, as for any offer
-        core._send(
-            call.worker,
-            ev.Dial(leg=leg, uri=core._agent_uri(agent_id), caller_id=c.by,
-                    related_leg=call.call_id),
-            on_fail=lambda _r, call=call, leg=leg: self._not_placed(call, leg),
+        core.ring_agent(
+            call, leg, agent_id, pop, caller_id=c.by,
+            wanted=lambda: call.consult is not None and call.consult.leg == leg,
+            on_fail=lambda _r: self._not_placed(call, leg),
         )  # fmt: skip
 
     def _not_placed(self, call: Call, leg: str) -> None:

@@ -24,6 +24,7 @@ offered — before the agent's phone rings — then answered / ended updates.
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Protocol
@@ -803,10 +804,17 @@ def create_app(core: CoreView, web: Web) -> FastAPI:
         sub = web.hub.subscribe(agent, session.token)
 
         async def read() -> None:
-            # the browser says nothing we need; this notices when it goes away
+            # the page confirms the pops it shows (see `Hub.popped`); this also notices
+            # when it goes away
             try:
                 while True:
-                    await ws.receive_text()
+                    text = await ws.receive_text()
+                    try:
+                        said = json.loads(text)
+                    except ValueError:
+                        continue  # not JSON: nothing we act on
+                    if isinstance(said, dict):
+                        web.hub.page_says(sub, said)
             except (WebSocketDisconnect, RuntimeError):
                 web.hub.close(sub)
 
@@ -821,6 +829,7 @@ def create_app(core: CoreView, web: Web) -> FastAPI:
                 if message.get("customer_id"):
                     session.customers.add(str(message["customer_id"]))
                 await ws.send_json(message)
+                web.hub.sent(sub)
         except (WebSocketDisconnect, RuntimeError):
             return
         finally:

@@ -5,6 +5,13 @@ that agent (a call offered — the screen pop —, answered, ended, a state chan
 every socket the agent has open gets it, in order, through its own queue, so a slow
 browser never holds the core up (a socket whose queue overflows is closed). A session
 that ends (logout, account disabled) closes its sockets at once.
+
+The screen pop must land before the agent's phone rings: the core waits on
+`popped(agent, call_id)` before it dials the agent, for at most a few tens of
+milliseconds, so a stuck browser cannot delay a call. A socket whose page says it
+confirms pops (the desktop sends `{"type": "hello", "shows_pops": true}`, then
+`{"type": "shown", "call_id": ...}` once the pop is in its DOM) counts when the page has
+shown it; any other socket when the frame was written (`sent`).
 """
 
 from __future__ import annotations
@@ -31,6 +38,13 @@ class Subscriber:
         default_factory=lambda: asyncio.Queue(QUEUE_LIMIT)
     )
     close_code: int = 1000
+    queued: int = 0
+    written: int = 0
+    progress: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set when the sender wrote a frame or the page showed a pop (see `Hub.popped`)."""
+    shows_pops: bool = False
+    shown: set[str] = field(default_factory=set)
+    """Calls whose pop the page confirmed it shows (the last few)."""
 
 
 class Hub:
@@ -59,11 +73,52 @@ class Hub:
         for sub in list(self._subs.get(agent, ())):
             try:
                 sub.queue.put_nowait(message)
+                sub.queued += 1
                 delivered += 1
             except asyncio.QueueFull:
                 log.warning("agent %s socket too slow: closing it", agent)
                 self.close(sub, CLOSE_TOO_SLOW)
         return delivered
+
+    def sent(self, sub: Subscriber) -> None:
+        """The socket's sender wrote one more frame to the browser."""
+        sub.written += 1
+        sub.progress.set()
+
+    def page_says(self, sub: Subscriber, message: dict[str, Any]) -> None:
+        """A message from the agent's page: it confirms pops, or it shows one now."""
+        if message.get("type") == "hello":
+            sub.shows_pops = bool(message.get("shows_pops"))
+        elif message.get("type") == "shown" and isinstance(message.get("call_id"), str):
+            if len(sub.shown) >= 64:
+                sub.shown.clear()  # only the call being offered matters
+            sub.shown.add(message["call_id"])
+            sub.progress.set()
+
+    async def popped(self, agent: str, call_id: str, timeout_s: float) -> bool:
+        """Wait until every open socket of `agent` has the pop of `call_id`: shown by a
+        page that confirms pops, written to any other socket. False if that took longer
+        than `timeout_s` (then stop waiting)."""
+        targets = [(sub, sub.queued) for sub in self._subs.get(agent, ())]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+
+        def done(sub: Subscriber, upto: int) -> bool:
+            if sub not in self._subs.get(agent, ()):
+                return True  # closed meanwhile: nobody to wait for
+            return call_id in sub.shown if sub.shows_pops else sub.written >= upto
+
+        for sub, upto in targets:
+            while not done(sub, upto):
+                sub.progress.clear()
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return False
+                try:
+                    await asyncio.wait_for(sub.progress.wait(), remaining)
+                except TimeoutError:
+                    return False
+        return True
 
     def close_session(self, token: str) -> None:
         for subs in list(self._subs.values()):

@@ -176,6 +176,8 @@ async function showInteraction(callId) {
 function connect() {
   const scheme = location.protocol === "https:" ? "wss" : "ws";
   socket = new WebSocket(`${scheme}://${location.host}/ws/agent`);
+  // the core rings this agent's phone once the page says the pop is on screen
+  socket.onopen = () => socket.send(JSON.stringify({ type: "hello", shows_pops: true }));
   socket.onmessage = (event) => {
     const msg = JSON.parse(event.data);
     if (msg.type === "hello") {
@@ -193,6 +195,7 @@ function connect() {
       const who = consulted ? `consultation from ${msg.consult_from} about ` : "";
       text($("call-status"), `Ringing: ${who}${msg.caller}`);
       showPop(msg);
+      socket.send(JSON.stringify({ type: "shown", call_id: msg.call_id }));
       document.dispatchEvent(new CustomEvent("kefu:offer", { detail: msg }));
     } else if (msg.type === "answered") {
       text($("call-status"), "On the call");

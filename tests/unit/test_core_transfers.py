@@ -4,6 +4,7 @@ desktop are told, and the call's row. alice (sales) has the caller; bob (support
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -11,7 +12,7 @@ import pytest
 
 from acd.engine import AgentLoggedIn, AgentSetAway, AgentState
 from core.control import ControlError
-from softphone_web.hub import Subscriber
+from softphone_web.hub import Hub
 from tests.support.core_harness import Harness, W
 from wire import events as ev
 
@@ -22,27 +23,39 @@ def ended(leg: str, *, by: str = "remote", code: int = 200) -> ev.LegEnded:
     return ev.LegEnded(worker=W, leg=leg, by=by, sip_code=code, reason="")
 
 
-def messages(sub: Subscriber) -> list[dict[str, Any]]:
-    out = []
-    while not sub.queue.empty():
-        message = sub.queue.get_nowait()
-        assert message is not None
-        out.append(message)
+class Socket:
+    """An agent's open desktop socket: takes what the hub queues, as the web's sender
+    does (so the core's Dial, which waits for the pop to be written, goes out)."""
+
+    def __init__(self, hub: Hub, agent: str) -> None:
+        self.hub, self.sub = hub, hub.subscribe(agent, f"token-{agent}")
+        self.got: list[dict[str, Any]] = []
+        self.task = asyncio.create_task(self._send())
+
+    async def _send(self) -> None:
+        while (message := await self.sub.queue.get()) is not None:
+            self.got.append(message)
+            self.hub.sent(self.sub)
+
+
+async def messages(socket: Socket) -> list[dict[str, Any]]:
+    """What the socket wrote since the last look (after letting its sender run)."""
+    for _ in range(3):
+        await asyncio.sleep(0)
+    out, socket.got = socket.got, []
     return out
 
 
-def kinds(sub: Subscriber) -> list[str]:
-    return [m["type"] for m in messages(sub)]
+async def kinds(socket: Socket) -> list[str]:
+    return [m["type"] for m in await messages(socket)]
 
 
 class Desk:
-    """alice on the caller, bob logged in; both agents' sockets."""
+    """alice on the caller, bob logged in; both agents' sockets open."""
 
     def __init__(self, h: Harness) -> None:
         self.h = h
         self.core = h.core
-        self.alice = h.core.web.hub.subscribe("alice", "ta")
-        self.bob = h.core.web.hub.subscribe("bob", "tb")
         self.alice_leg = ""
 
     async def connect(self) -> None:
@@ -52,10 +65,13 @@ class Desk:
         self.bridge = self.h.last(ev.Bridge)[0]
         self.core._acd(AgentLoggedIn(agent_id="bob"))
         self.core._pump()
-        messages(self.alice)
-        messages(self.bob)
+        self.alice = Socket(self.core.web.hub, "alice")
+        self.bob = Socket(self.core.web.hub, "bob")
 
-    def sent(self) -> list[ev.MediaCommand]:
+    async def sent(self) -> list[ev.MediaCommand]:
+        """What the core asked of the worker, once its pending work (a Dial waiting
+        for a screen pop to be written) is done."""
+        await self.h.settled()
         return [c for c, _ in self.h.commands()]
 
     def state(self, agent: str) -> AgentState:
@@ -75,15 +91,15 @@ async def test_hold_plays_music_and_resume_bridges_again_in_the_same_recording(
     control = desk.core.control
     view = control.hold(CALLER, agent="alice")
     assert view["held"] is True
-    unbridge, play = desk.sent()
+    unbridge, play = await desk.sent()
     assert unbridge == ev.Unbridge(leg=CALLER)
     assert isinstance(play, ev.Play) and play.loop and play.files[0].endswith("sales.moh.wav")
     with pytest.raises(ControlError, match="already on hold"):
         control.hold(CALLER, agent="alice")
     control.resume(CALLER, agent="alice")
-    (bridge,) = desk.sent()
+    (bridge,) = await desk.sent()
     assert bridge == desk.bridge  # same legs, same recording path
-    assert kinds(desk.alice) == ["held", "resumed"]
+    assert await kinds(desk.alice) == ["held", "resumed"]
     with pytest.raises(ControlError, match="not on hold"):
         control.resume(CALLER, agent="alice")
 
@@ -105,27 +121,27 @@ async def test_requests_for_someone_elses_or_no_call_are_refused(desk: Desk) -> 
         control.consult(CALLER, agent="alice", to_agent="bob")
     # nothing changed: alice still has the caller, bridged, no consultation left over
     assert desk.state("alice") is AgentState.ON_CALL
-    assert desk.sent() == [] and control.consults == {}
+    assert await desk.sent() == [] and control.consults == {}
     control.hold(CALLER, agent=None)  # a supervisor may act on any call
 
 
 async def test_blind_transfer_to_an_agent(desk: Desk) -> None:
     control = desk.core.control
     control.transfer(CALLER, agent="alice", to_agent="bob")
-    unbridge, moh, hangup, dial = desk.sent()
+    unbridge, moh, hangup, dial = await desk.sent()
     assert unbridge == ev.Unbridge(leg=CALLER) and isinstance(moh, ev.Play)
     assert hangup == ev.Hangup(leg=desk.alice_leg)
     assert isinstance(dial, ev.Dial) and "1002" in dial.uri  # bob's phone
     assert desk.state("alice") is AgentState.WRAP_UP
     assert desk.state("bob") is AgentState.RESERVED
-    assert [m["hangup_side"] for m in messages(desk.alice) if m["type"] == "ended"] == [
+    assert [m["hangup_side"] for m in await messages(desk.alice) if m["type"] == "ended"] == [
         "transferred"
     ]
-    (pop,) = [m for m in messages(desk.bob) if m["type"] == "offer"]
+    (pop,) = [m for m in await messages(desk.bob) if m["type"] == "offer"]
     assert pop["handoffs"][0]["from"] == "alice"
     await desk.h.send(ended(desk.alice_leg, by="local"))
     await desk.h.send(ev.LegAnswered(worker=W, leg=dial.leg))
-    (bridge,) = desk.sent()
+    (bridge,) = await desk.sent()
     assert (bridge.a, bridge.b) == (CALLER, dial.leg)
     assert bridge.record_path == desk.bridge.record_path  # one recording for the call
     assert desk.state("bob") is AgentState.ON_CALL
@@ -144,7 +160,7 @@ async def test_a_blind_transfer_to_an_agent_who_does_not_answer_waits_in_the_que
 ) -> None:
     control = desk.core.control
     control.transfer(CALLER, agent="alice", to_agent="bob")
-    dial = next(c for c in desk.sent() if isinstance(c, ev.Dial))
+    dial = next(c for c in await desk.sent() if isinstance(c, ev.Dial))
     await desk.h.send(ended(dial.leg, code=486))
     call = desk.core.calls[CALLER]
     assert call.waiting and call.agent is None and not call.connected
@@ -153,7 +169,7 @@ async def test_a_blind_transfer_to_an_agent_who_does_not_answer_waits_in_the_que
 
 async def test_blind_transfer_to_a_queue(desk: Desk) -> None:
     desk.core.control.transfer(CALLER, agent="alice", to_queue="support")
-    dial = next(c for c in desk.sent() if isinstance(c, ev.Dial))
+    dial = next(c for c in await desk.sent() if isinstance(c, ev.Dial))
     assert "1002" in dial.uri  # bob is support's only agent
     assert desk.core.calls[CALLER].queue == "support"
     await desk.h.send(ev.LegAnswered(worker=W, leg=dial.leg))
@@ -165,10 +181,10 @@ async def test_attended_transfer_consults_then_completes(desk: Desk) -> None:
     view = control.consult(CALLER, agent="alice", to_agent="bob")
     assert view["held"] and view["consult"] == {"agent": "bob", "queue": "sales",
                                                 "answered": False}  # fmt: skip
-    unbridge, hold, dial = desk.sent()
+    unbridge, hold, dial = await desk.sent()
     assert unbridge == ev.Unbridge(leg=CALLER) and isinstance(hold, ev.Play)
     assert isinstance(dial, ev.Dial) and dial.caller_id == "alice"
-    (pop,) = [m for m in messages(desk.bob) if m["type"] == "consult"]
+    (pop,) = [m for m in await messages(desk.bob) if m["type"] == "consult"]
     assert (pop["type"], pop["consult_from"], pop["call_id"]) == ("consult", "alice", CALLER)
     with pytest.raises(ControlError, match="has not answered yet"):
         control.complete(CALLER, agent="alice")
@@ -176,21 +192,24 @@ async def test_attended_transfer_consults_then_completes(desk: Desk) -> None:
         control.resume(CALLER, agent="alice")
 
     await desk.h.send(ev.LegAnswered(worker=W, leg=dial.leg))
-    (talk,) = desk.sent()
+    (talk,) = await desk.sent()
     assert talk == ev.Bridge(a=desk.alice_leg, b=dial.leg, hangup_together=False)
-    assert "consult_answered" in kinds(desk.alice)
+    assert "consult_answered" in await kinds(desk.alice)
     assert desk.state("alice") is AgentState.ON_CALL  # alice keeps the caller meanwhile
     assert desk.state("bob") is AgentState.ON_CALL
 
     control.complete(CALLER, agent="alice")
-    apart, bye, bridge = desk.sent()
+    apart, bye, bridge = await desk.sent()
     assert apart == ev.Unbridge(leg=dial.leg)
     assert bye == ev.Hangup(leg=desk.alice_leg)
     assert (bridge.a, bridge.b, bridge.record_path) == (CALLER, dial.leg,
                                                         desk.bridge.record_path)  # fmt: skip
     assert desk.state("alice") is AgentState.WRAP_UP
     assert desk.core.acd.agent("bob").call_id == CALLER
-    assert [t for t in kinds(desk.bob) if t != "state"] == ["consult_connected", "transferred"]
+    assert [t for t in await kinds(desk.bob) if t != "state"] == [
+        "consult_connected",
+        "transferred",
+    ]
     with pytest.raises(PermissionError):
         control.hold(CALLER, agent="alice")  # bob's call now
     control.hold(CALLER, agent="bob")
@@ -209,48 +228,48 @@ async def test_attended_transfer_consults_then_completes(desk: Desk) -> None:
 async def test_cancelling_a_consultation_gives_the_caller_back(desk: Desk) -> None:
     control = desk.core.control
     control.consult(CALLER, agent="alice", to_agent="bob")
-    dial = desk.sent()[-1]
+    dial = (await desk.sent())[-1]
     assert isinstance(dial, ev.Dial)
     await desk.h.send(ev.LegAnswered(worker=W, leg=dial.leg))
-    desk.sent()
+    await desk.sent()
     control.cancel(CALLER, agent="alice")
-    apart, bye, bridge = desk.sent()
+    apart, bye, bridge = await desk.sent()
     assert (apart, bye) == (ev.Unbridge(leg=dial.leg), ev.Hangup(leg=dial.leg))
     assert (bridge.a, bridge.b) == (CALLER, desk.alice_leg)
     assert desk.state("alice") is AgentState.ON_CALL
     assert desk.state("bob") is AgentState.WRAP_UP  # he took part in a consultation
     assert control.consults == {}
-    assert "consult_ended" in kinds(desk.bob)
+    assert "consult_ended" in await kinds(desk.bob)
 
 
 async def test_a_consulted_agent_who_does_not_answer_ends_the_consultation(desk: Desk) -> None:
     control = desk.core.control
     control.consult(CALLER, agent="alice", to_agent="bob")
-    dial = desk.sent()[-1]
+    dial = (await desk.sent())[-1]
     assert isinstance(dial, ev.Dial)
     await desk.h.send(ended(dial.leg, code=486))
     assert desk.core.calls[CALLER].consult is None and control.consults == {}
-    assert "consult_ended" in kinds(desk.alice)
+    assert "consult_ended" in await kinds(desk.alice)
     assert desk.core.acd.position(f"{CALLER}~1") is None  # not left waiting anywhere
     control.resume(CALLER, agent="alice")
-    assert isinstance(desk.sent()[-1], ev.Bridge)
+    assert isinstance((await desk.sent())[-1], ev.Bridge)
 
 
 async def test_a_consultation_through_a_queue_waits_for_an_agent(desk: Desk) -> None:
     control = desk.core.control
     desk.core._acd(AgentSetAway(agent_id="bob", reason="break"))
     control.consult(CALLER, agent="alice", to_queue="support")
-    assert not any(isinstance(c, ev.Dial) for c in desk.sent())
+    assert not any(isinstance(c, ev.Dial) for c in await desk.sent())
     assert desk.core.acd.position(f"{CALLER}~1") == 1
     desk.core.set_agent_state("bob", "available")
-    dial = next(c for c in desk.sent() if isinstance(c, ev.Dial))
+    dial = next(c for c in await desk.sent() if isinstance(c, ev.Dial))
     assert "1002" in dial.uri
 
 
 async def test_the_agent_leaving_a_held_caller_hands_them_back_to_the_queue(desk: Desk) -> None:
     control = desk.core.control
     control.hold(CALLER, agent="alice")
-    desk.sent()
+    await desk.sent()
     await desk.h.send(ended(desk.alice_leg))  # alice closed her browser
     call = desk.core.calls[CALLER]
     assert call.ended_at is None and call.waiting
@@ -262,12 +281,12 @@ async def test_the_agent_leaving_a_held_caller_hands_them_back_to_the_queue(desk
 async def test_the_agent_leaving_an_answered_consultation_completes_it(desk: Desk) -> None:
     control = desk.core.control
     control.consult(CALLER, agent="alice", to_agent="bob")
-    dial = desk.sent()[-1]
+    dial = (await desk.sent())[-1]
     assert isinstance(dial, ev.Dial)
     await desk.h.send(ev.LegAnswered(worker=W, leg=dial.leg))
-    desk.sent()
+    await desk.sent()
     await desk.h.send(ended(desk.alice_leg))
-    (bridge,) = desk.sent()
+    (bridge,) = await desk.sent()
     assert (bridge.a, bridge.b) == (CALLER, dial.leg)
     assert desk.core.calls[CALLER].agent == "bob"
 
@@ -275,12 +294,12 @@ async def test_the_agent_leaving_an_answered_consultation_completes_it(desk: Des
 async def test_the_caller_hanging_up_during_a_consultation_ends_everything(desk: Desk) -> None:
     control = desk.core.control
     control.consult(CALLER, agent="alice", to_agent="bob")
-    dial = desk.sent()[-1]
+    dial = (await desk.sent())[-1]
     assert isinstance(dial, ev.Dial)
     await desk.h.send(ev.LegAnswered(worker=W, leg=dial.leg))
-    desk.sent()
+    await desk.sent()
     await desk.h.send(ended(CALLER))
-    hangups = {c.leg for c in desk.sent() if isinstance(c, ev.Hangup)}
+    hangups = {c.leg for c in await desk.sent() if isinstance(c, ev.Hangup)}
     assert hangups == {desk.alice_leg, dial.leg}
     await desk.h.send(ended(desk.alice_leg, by="local"))
     assert desk.core.calls[CALLER].ended_at is None  # the consultation leg is still up
@@ -294,7 +313,7 @@ async def test_the_caller_hanging_up_during_a_consultation_ends_everything(desk:
 
 async def test_each_agent_of_a_transferred_call_wraps_up_their_part(desk: Desk) -> None:
     desk.core.control.transfer(CALLER, agent="alice", to_agent="bob")
-    dial = next(c for c in desk.sent() if isinstance(c, ev.Dial))
+    dial = next(c for c in await desk.sent() if isinstance(c, ev.Dial))
     await desk.h.send(ended(desk.alice_leg, by="local"))
     await desk.h.send(ev.LegAnswered(worker=W, leg=dial.leg))
     await desk.h.settled()
