@@ -1193,8 +1193,13 @@ class Core:
         """Dial the target from the caller's worker; bridge when it answers."""
         self._stop_input(call)
         if cmd.agent is not None:
-            uri = self._agent_uri(cmd.agent)
             call.transfer_to = cmd.agent
+            state = self.acd.agent(cmd.agent).state
+            if state is not acd.AgentState.AVAILABLE:
+                # not rung while on a call, away or signed out: the flow's on_fail now
+                self._transfer_lost(call, f"agent {cmd.agent} is {state.value}")
+                return
+            uri = self._agent_uri(cmd.agent)
         else:
             assert cmd.number is not None
             try:

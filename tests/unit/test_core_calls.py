@@ -414,3 +414,29 @@ async def test_wrap_up_stores_the_disposition_and_a_new_linked_ticket(harness: H
     assert sorted(row["tickets"]) == sorted(["T-2041", new])
     ticket = core.store.ticket(new)
     assert ticket is not None and ticket.priority == "high" and ticket.assignee == "alice"
+
+
+async def test_a_flow_transfer_to_an_agent_who_is_not_free_takes_on_fail_at_once(
+    make: Any,
+) -> None:
+    """The flow's `transfer: {agent}` does not ring an agent who is on a call, away or
+    signed out; its on_fail runs at once (bob is signed out here)."""
+
+    def to_bob(data: dict[str, Any]) -> None:
+        data["ivr"]["xfer"]["nodes"]["out"] = {"kind": "transfer", "agent": "bob",
+                                               "on_fail": "sorry"}  # fmt: skip
+
+    harness = await make(to_bob)
+    await harness.send(ev.LegIncoming(worker=W, leg="x1", sip_call_id="x1", caller="5550111",
+                                      did="3000"))  # fmt: skip
+    await harness.send(ev.LegAnswered(worker=W, leg="x1"))
+    sent = [c for c, _ in harness.commands()]
+    assert not any(isinstance(c, ev.Dial) for c in sent)
+    play = [c for c in sent if isinstance(c, ev.Play)][-1]
+    assert play.files == ("/prompts/ivr.xfer.v1.sorry.prompt.0.en.wav",)
+    await harness.send(ev.LegEnded(worker=W, leg="x1", by="remote", sip_code=200, reason=""))
+    await harness.settled()
+    row = harness.core.store.get("x1")
+    assert row is not None and row.transfer_to == "bob"
+    steps = [(s["what"], s["detail"]) for s in json.loads(row.ivr_path or "[]")]
+    assert ("transfer_failed", "agent bob is logged_out") in steps
