@@ -10,56 +10,27 @@ wrap-up, and the call shows in her history. Screenshots land in the test's artif
 from __future__ import annotations
 
 import asyncio
-import math
 import sqlite3
-import struct
-import wave
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from pbx.procs import free_port
-from tests.support.center import Center, center_config, pick_ports, start_center
-from tests.support.sipp import run_sipp
+from tests.support.center import Center
+from tests.support.desktop import browser_center, dial_in, launch, sign_in, tone_wav
 
 pytestmark = pytest.mark.e2e
-
-CHROMIUM = "/usr/bin/chromium"
-BUNDLE = Path(__file__).resolve().parents[2] / "softphone_web" / "static" / "vendor" / "jssip.js"
-
-
-def tone_wav(path: Path, hz: float, seconds: float) -> Path:
-    with wave.open(str(path), "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(48000)
-        frames = b"".join(
-            struct.pack("<h", int(12000 * math.sin(2 * math.pi * hz * i / 48000)))
-            for i in range(int(48000 * seconds))
-        )
-        out.writeframes(frames)
-    return path
 
 
 @pytest.fixture(scope="module")
 def center(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Center]:
-    tmp = tmp_path_factory.mktemp("desktop-center")
-    ports = pick_ports(workers=1)
-    taken = set(ports.values())
-    ws, ng = free_port(avoid=taken), free_port(avoid=taken)
-    media = free_port(span=40, avoid=taken | {ws, ng})
+    def demo(config: dict[str, Any]) -> None:
+        config["demo_customers"] = True
+
     # a wrap-up long enough to see its countdown and end it with Ready
-    config = center_config(ports, workers=1, wrapup_s=20)
-    config["edge"] |= {"ws_port": ws, "ws_origins": [f"http://127.0.0.1:{ports['http']}"]}
-    config["rtpengine"] = {"ng_port": ng, "port_min": media, "port_max": media + 39}
-    config["demo_customers"] = True
-    running = start_center(tmp, config, ports)
-    try:
-        yield running
-    finally:
-        assert running.proc.stop(timeout=30) == 0, running.proc.log_tail(30)
+    with browser_center(tmp_path_factory.mktemp("desktop-center"), demo, wrapup_s=20) as c:
+        yield c
 
 
 def test_agent_signs_in_sees_the_pop_while_ringing_and_answers_in_the_page(
@@ -67,35 +38,15 @@ def test_agent_signs_in_sees_the_pop_while_ringing_and_answers_in_the_page(
 ) -> None:
     from playwright.async_api import async_playwright
 
-    assert BUNDLE.is_file(), f"{BUNDLE} is missing: run scripts/bootstrap"
     mic = tone_wav(artifacts / "mic.wav", 440, 60)
 
     async def scenario() -> dict[str, Any]:
         async with async_playwright() as pw:
-            browser = await pw.chromium.launch(
-                executable_path=CHROMIUM, headless=True,
-                args=["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-                      f"--use-file-for-fake-audio-capture={mic}",
-                      "--autoplay-policy=no-user-gesture-required"],
-            )  # fmt: skip
+            browser = await launch(pw, mic)
             try:
-                page = await browser.new_page()
-                await page.goto(center.http + "/")
-                await page.fill("input[name=user]", "alice")
-                await page.fill("input[name=password]", "alice-demo-secret")
-                await page.click("#login-form button[type=submit]")
-                await page.wait_for_selector("#desk:not([hidden])")
-                await page.wait_for_function(
-                    "document.getElementById('phone-status').textContent === 'phone ready'",
-                    timeout=15_000,
-                )
+                page = await sign_in(browser, center, "alice", "alice-demo-secret")
                 await asyncio.to_thread(center.wait_agents, ["alice"])
-                caller = asyncio.create_task(asyncio.to_thread(
-                    run_sipp, "caller.xml", center.edge, local_port=center.sipp_port(1),
-                    media_port=free_port(span=4), service="1000", timeout_s=60, timeout=90,
-                    keys={"caller": "5551234", "digit": "1", "dtmf_ms": "1000",
-                          "hold_ms": "12000"},
-                ))  # fmt: skip
+                caller = dial_in(center, 1, "5551234", hold_ms=12_000)
                 # ringing: the Answer button is live; the pop must already be on screen
                 await page.wait_for_selector("#phone-answer:not([disabled])", timeout=30_000)
                 ringing = {
@@ -169,31 +120,14 @@ def test_an_unknown_callers_customer_is_created_from_the_pop_and_the_call_is_in_
 
     async def scenario() -> dict[str, str]:
         async with async_playwright() as pw:
-            browser = await pw.chromium.launch(
-                executable_path=CHROMIUM, headless=True,
-                args=["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-                      f"--use-file-for-fake-audio-capture={mic}"],
-            )  # fmt: skip
+            browser = await launch(pw, mic)
             try:
-                page = await browser.new_page()
-                await page.goto(center.http + "/")
-                await page.fill("input[name=user]", "alice")
-                await page.fill("input[name=password]", "alice-demo-secret")
-                await page.click("#login-form button[type=submit]")
-                await page.wait_for_function(
-                    "document.getElementById('phone-status').textContent === 'phone ready'",
-                    timeout=15_000,
-                )
+                page = await sign_in(browser, center, "alice", "alice-demo-secret")
                 await page.wait_for_function("document.getElementById('state').textContent")
                 if await page.is_visible("#ready"):  # still wrapping up an earlier call
                     await page.click("#ready")
                 await asyncio.to_thread(center.wait_agents, ["alice"])
-                caller = asyncio.create_task(asyncio.to_thread(
-                    run_sipp, "caller.xml", center.edge, local_port=center.sipp_port(2),
-                    media_port=free_port(span=4), service="1000", timeout_s=60, timeout=90,
-                    keys={"caller": "5552013344", "digit": "1", "dtmf_ms": "1000",
-                          "hold_ms": "6000"},
-                ))  # fmt: skip
+                caller = dial_in(center, 2, "5552013344", hold_ms=6_000)
                 await page.wait_for_selector("#new-customer:not([hidden])", timeout=30_000)
                 seen = {"phone": await page.input_value("#new-customer input[name=phone]")}
                 await page.fill("#new-customer input[name=name]", "Ana Silva")

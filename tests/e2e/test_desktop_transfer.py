@@ -12,29 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from pbx.procs import free_port
-from tests.e2e.test_desktop import BUNDLE, CHROMIUM, tone_wav
-from tests.support.center import Center, center_config, pick_ports, start_center
-from tests.support.sipp import run_sipp, start_sipp
+from tests.support.center import Center
+from tests.support.desktop import browser_center, dial_in, launch, sign_in, tone_wav
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
 def center(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Center]:
-    tmp = tmp_path_factory.mktemp("desktop-transfer-center")
-    ports = pick_ports(workers=1)
-    taken = set(ports.values())
-    ws, ng = free_port(avoid=taken), free_port(avoid=taken)
-    media = free_port(span=40, avoid=taken | {ws, ng})
-    config = center_config(ports, workers=1)
-    config["edge"] |= {"ws_port": ws, "ws_origins": [f"http://127.0.0.1:{ports['http']}"]}
-    config["rtpengine"] = {"ng_port": ng, "port_min": media, "port_max": media + 39}
-    running = start_center(tmp, config, ports)
-    try:
+    with browser_center(tmp_path_factory.mktemp("desktop-transfer-center")) as running:
         yield running
-    finally:
-        assert running.proc.stop(timeout=30) == 0, running.proc.log_tail(30)
 
 
 def test_agent_consults_a_colleague_and_hands_the_caller_over_from_the_page(
@@ -42,44 +29,16 @@ def test_agent_consults_a_colleague_and_hands_the_caller_over_from_the_page(
 ) -> None:
     from playwright.async_api import async_playwright
 
-    assert BUNDLE.is_file(), f"{BUNDLE} is missing: run scripts/bootstrap"
     mic = tone_wav(artifacts / "mic.wav", 440, 60)
-    bob_port = center.sipp_port(2)
-    registered = run_sipp(
-        "register.xml", center.edge, local_port=bob_port, service="1002",
-        auth=("1002", "bob-demo-secret"), timeout_s=10, timeout=30,
-    )  # fmt: skip
-    assert registered.ok, registered.output[-2000:]
-    bob = start_sipp(
-        "bob-phone", artifacts, "agent.xml", center.edge, local_port=bob_port,
-        media_port=free_port(span=4), calls=1, concurrency=1, timeout_s=120,
-    )  # fmt: skip
+    bob = center.desk_phone("bob-phone", "1002", "bob-demo-secret", 2, artifacts)
 
     async def scenario() -> str:
         async with async_playwright() as pw:
-            browser = await pw.chromium.launch(
-                executable_path=CHROMIUM, headless=True,
-                args=["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-                      f"--use-file-for-fake-audio-capture={mic}",
-                      "--autoplay-policy=no-user-gesture-required"],
-            )  # fmt: skip
+            browser = await launch(pw, mic)
             try:
-                page = await browser.new_page()
-                await page.goto(center.http + "/")
-                await page.fill("input[name=user]", "alice")
-                await page.fill("input[name=password]", "alice-demo-secret")
-                await page.click("#login-form button[type=submit]")
-                await page.wait_for_function(
-                    "document.getElementById('phone-status').textContent === 'phone ready'",
-                    timeout=15_000,
-                )
+                page = await sign_in(browser, center, "alice", "alice-demo-secret")
                 await asyncio.to_thread(center.wait_agents, ["alice", "bob"])
-                caller = asyncio.create_task(asyncio.to_thread(
-                    run_sipp, "caller.xml", center.edge, local_port=center.sipp_port(1),
-                    media_port=free_port(span=4), service="1000", timeout_s=60, timeout=90,
-                    keys={"caller": "5550188", "digit": "1", "dtmf_ms": "1000",
-                          "hold_ms": "20000"},
-                ))  # fmt: skip
+                caller = dial_in(center, 1, "5550188", hold_ms=20_000)
                 await page.wait_for_selector("#phone-answer:not([disabled])", timeout=30_000)
                 await page.click("#phone-answer")
                 await page.wait_for_selector("#control:not([hidden])", timeout=10_000)
