@@ -15,7 +15,7 @@ import pytest
 from pbx.procs import ManagedProcess, free_port
 from tests.support.center import Center, center_config, pick_ports, start_center
 from tests.support.configs import menu_flow
-from tests.support.sipp import run_sipp, start_sipp
+from tests.support.sipp import start_sipp
 
 pytestmark = pytest.mark.e2e
 
@@ -58,16 +58,7 @@ def register_and_answer(
     center: Center, agent: str, n: int, log_dir: Path, calls: int
 ) -> ManagedProcess:
     user, password, _ = AGENTS[agent]
-    port = center.sipp_port(n)
-    done = run_sipp(
-        "register.xml", center.edge, local_port=port, service=user, auth=(user, password),
-        timeout_s=10, timeout=30,
-    )  # fmt: skip
-    assert done.ok, done.output[-2000:]
-    return start_sipp(
-        f"{agent}-phone", log_dir, "agent.xml", center.edge, local_port=port,
-        media_port=free_port(span=4), calls=calls, concurrency=1, timeout_s=120,
-    )  # fmt: skip
+    return center.desk_phone(f"{agent}-phone", user, password, n, log_dir, calls=calls)
 
 
 def caller(

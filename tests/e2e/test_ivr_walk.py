@@ -27,7 +27,7 @@ from pbx.procs import ManagedProcess, free_port, wait_until
 from recording.prompts import resolve
 from tests.support.center import Center, center_config, pick_ports, start_center
 from tests.support.configs import demo_data
-from tests.support.sipp import run_sipp, start_sipp
+from tests.support.sipp import start_sipp
 from tests.support.walk import AwaitBye, Hangup, Press, Say, Wait, speak, start_walk
 
 pytestmark = pytest.mark.e2e
@@ -110,17 +110,16 @@ def agent_phone(center: Center, user: str, password: str, n: int, log_dir: Path,
                 hold_ms: int) -> ManagedProcess:  # fmt: skip
     """Register `user` from a SIPp port, then answer one call there and hang up after
     `hold_ms` (the agent leaves first)."""
-    port = center.sipp_port(n)
-    done = run_sipp(
-        "register.xml", center.edge, local_port=port, service=user, auth=(user, password),
-        timeout_s=10, timeout=30,
-    )  # fmt: skip
-    assert done.ok, done.output[-2000:]
-    return start_sipp(
-        f"{user}-phone", log_dir, "uas_answer.xml", center.edge, local_port=port,
-        media_port=free_port(span=4), calls=1, timeout_s=180,
+    return center.desk_phone(
+        f"{user}-phone",
+        user,
+        password,
+        n,
+        log_dir,
+        scenario="uas_answer.xml",
+        timeout_s=180,
         keys={"ring_ms": "500", "hold_ms": str(hold_ms)},
-    )  # fmt: skip
+    )
 
 
 def set_state(center: Center, agent: str, state: str) -> None:

@@ -18,7 +18,7 @@ import pytest
 from pbx.procs import ManagedProcess, free_port, wait_until
 from tests.support.center import Center, center_config, pick_ports, start_center
 from tests.support.configs import menu_flow
-from tests.support.sipp import run_sipp, start_sipp
+from tests.support.sipp import start_sipp
 
 pytestmark = pytest.mark.e2e
 
@@ -52,16 +52,7 @@ def center(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Center]:
 def phone(center: Center, agent: str, n: int, log_dir: Path) -> ManagedProcess:
     """The agent's SIPp desk phone: registered, then answers one call and holds it."""
     user, password, _ = AGENTS[agent]
-    port = center.sipp_port(n)
-    done = run_sipp(
-        "register.xml", center.edge, local_port=port, service=user, auth=(user, password),
-        timeout_s=10, timeout=30,
-    )  # fmt: skip
-    assert done.ok, done.output[-2000:]
-    return start_sipp(
-        f"{agent}-phone", log_dir, "agent.xml", center.edge, local_port=port,
-        media_port=free_port(span=4), calls=1, concurrency=1, timeout_s=120,
-    )  # fmt: skip
+    return center.desk_phone(f"{agent}-phone", user, password, n, log_dir)
 
 
 def caller(center: Center, n: int, log_dir: Path, hold_ms: int) -> ManagedProcess:

@@ -21,6 +21,7 @@ import yaml
 
 from pbx.procs import ManagedProcess, free_port, wait_until
 from tests.support.configs import menu_flow
+from tests.support.sipp import run_sipp, start_sipp
 
 ADMIN, ADMIN_PASSWORD = "admin", "admin-test-secret"
 
@@ -107,6 +108,32 @@ class Center:
 
     def sipp_port(self, n: int) -> int:
         return self.ports["sipp"] + n
+
+    def desk_phone(
+        self,
+        name: str,
+        user: str,
+        password: str,
+        n: int,
+        log_dir: Path,
+        *,
+        scenario: str = "agent.xml",
+        calls: int = 1,
+        timeout_s: int = 120,
+        keys: dict[str, str] | None = None,
+    ) -> ManagedProcess:
+        """An agent's SIPp desk phone: `user` registers (digest auth) from SIPp port `n`,
+        then `scenario` answers `calls` calls there, one at a time."""
+        port = self.sipp_port(n)
+        done = run_sipp(
+            "register.xml", self.edge, local_port=port, service=user, auth=(user, password),
+            timeout_s=10, timeout=30,
+        )  # fmt: skip
+        assert done.ok, done.output[-2000:]
+        return start_sipp(
+            name, log_dir, scenario, self.edge, local_port=port, media_port=free_port(span=4),
+            calls=calls, concurrency=1, timeout_s=timeout_s, keys=keys,
+        )  # fmt: skip
 
     @property
     def http(self) -> str:
