@@ -107,8 +107,6 @@ class CallControl:
         if call.consult is not None:
             raise ControlError("a consultation is going on: complete or cancel it first")
         queue = self._queue_for(call, to_agent, to_queue)
-        by = call.agent
-        assert by is not None
         self._engine(
             acd.Transfer(
                 call_id=call.call_id,

@@ -10,7 +10,6 @@ from acd.engine import (
     AgentLoggedIn,
     AgentSetAvailable,
     AgentSetAway,
-    AgentSpec,
     AgentState,
     CallLeft,
     CancelOffer,
@@ -20,26 +19,9 @@ from acd.engine import (
     OfferAnswered,
     OfferCall,
     OfferFailed,
-    QueueSpec,
     Transfer,
 )
-
-QUEUES = [
-    QueueSpec(name="sales", skill="sales", ring_timeout_s=15, wrapup_s=10),
-    QueueSpec(name="support", skill="support", ring_timeout_s=15, wrapup_s=30),
-]
-AGENTS = [
-    AgentSpec(agent_id="alice", skills=frozenset({"sales"})),
-    AgentSpec(agent_id="bob", skills=frozenset({"support"})),
-    AgentSpec(agent_id="carol", skills=frozenset({"sales", "support"})),
-]
-
-
-def drain(engine: AcdEngine) -> list[object]:
-    out = []
-    while (cmd := engine.next_command()) is not None:
-        out.append(cmd)
-    return out
+from tests.unit.test_acd_engine import AGENTS, QUEUES, drain  # the same small center
 
 
 def offers(commands: list[object]) -> list[tuple[str, str, str]]:
